@@ -4,6 +4,8 @@
 //! free loopback port and a temporary store dir, and stops it on `Drop`, like the
 //! nats.rs test suite does. Tests never touch the system NATS on 4222.
 
+pub mod binary;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
