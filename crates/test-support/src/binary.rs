@@ -11,7 +11,9 @@ fn run(exe: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     for (key, value) in env {
         command.env(key, value);
     }
-    command.output().unwrap_or_else(|error| panic!("running {exe}: {error}"))
+    command
+        .output()
+        .unwrap_or_else(|error| panic!("running {exe}: {error}"))
 }
 
 fn stderr(output: &Output) -> String {
@@ -21,9 +23,17 @@ fn stderr(output: &Output) -> String {
 fn assert_refused(exe: &str, config: &Path, must_name: &[&str]) {
     let output = run(exe, &["--config", &config.display().to_string()], &[]);
     let text = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{exe} --config {}: want exit 2, stderr: {text}", config.display());
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{exe} --config {}: want exit 2, stderr: {text}",
+        config.display()
+    );
     for needle in must_name {
-        assert!(text.contains(needle), "{exe}: the error should name {needle:?}; it said: {text}");
+        assert!(
+            text.contains(needle),
+            "{exe}: the error should name {needle:?}; it said: {text}"
+        );
     }
     assert!(!text.contains("panicked"), "{exe} panicked: {text}");
 }
@@ -56,7 +66,11 @@ pub fn assert_config_handling(exe: &str) {
     let valid = dir.path().join("valid.toml");
     std::fs::write(&valid, "[nats]\nurl = \"nats://127.0.0.1:4999\"\n").expect("write");
     let output = run(exe, &["--config", &valid.display().to_string(), "--check-config"], &[]);
-    assert!(output.status.success(), "{exe} --check-config on a valid file failed: {}", stderr(&output));
+    assert!(
+        output.status.success(),
+        "{exe} --check-config on a valid file failed: {}",
+        stderr(&output)
+    );
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("nats://127.0.0.1:4999"),
         "--check-config should print the resolved config"

@@ -117,11 +117,11 @@ impl NatsServer {
         let waited = Duration::from_secs(10);
         let deadline = Instant::now() + waited;
         while Instant::now() < deadline {
-            if let Some(found) = read_client_port(&ports_dir, pid) {
-                if wait_for_port(SocketAddr::from(([127, 0, 0, 1], found)), Duration::from_secs(5)) {
-                    self.port = found;
-                    return Ok(());
-                }
+            if let Some(found) = read_client_port(&ports_dir, pid)
+                && wait_for_port(SocketAddr::from(([127, 0, 0, 1], found)), Duration::from_secs(5))
+            {
+                self.port = found;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
