@@ -3,11 +3,21 @@
 //! Start it in-process with [`App::build`] (ports 0 pick free ports) and
 //! [`App::run`], or with [`run`].
 
+pub mod error;
+pub mod offline;
+pub mod pattern;
+pub mod render;
+pub mod rules;
+pub mod template;
+pub mod trigger;
+
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 use switchboard_bus::NatsConfig;
-use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, RuntimeError, ServiceConfig, Validate};
+use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, ServiceConfig, Validate};
+
+pub use error::Error;
 use tokio_util::sync::CancellationToken;
 
 /// The service's name: binary, NATS client name, CloudEvents source.
@@ -48,14 +58,6 @@ impl ServiceConfig for Config {
     fn log(&self) -> &LogConfig {
         &self.log
     }
-}
-
-/// What stops the service.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Start-up or serving failed.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
 }
 
 /// A started service, bound and connected, not yet serving.
