@@ -210,7 +210,7 @@ impl RuleSet {
         if !rule.on.iter().any(|p| crate::pattern::matches(p, &trigger.subject)) {
             return Verdict::Subject;
         }
-        if !rule.types.is_empty() && !rule.types.iter().any(|t| *t == trigger.event.ty) {
+        if !rule.types.is_empty() && !rule.types.contains(&trigger.event.ty) {
             return Verdict::Type;
         }
         match self.condition(rule, input) {
@@ -231,7 +231,7 @@ impl RuleSet {
         let mut matched = Vec::with_capacity(candidates.len());
         for i in candidates {
             let Some(rule) = self.rules.get(i) else { continue };
-            if !rule.types.is_empty() && !rule.types.iter().any(|t| *t == trigger.event.ty) {
+            if !rule.types.is_empty() && !rule.types.contains(&trigger.event.ty) {
                 continue;
             }
             if rule.when.is_none() {
