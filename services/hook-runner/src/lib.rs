@@ -3,6 +3,7 @@
 //! Start it in-process with [`App::build`] (ports 0 pick free ports) and
 //! [`App::run`], or with [`run`].
 
+pub mod actions;
 pub mod error;
 pub mod offline;
 pub mod pattern;
