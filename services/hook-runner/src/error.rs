@@ -25,6 +25,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The rules could not be loaded at start (every error, one per line).
+    #[error("invalid rules:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<Error>),
     /// The rules directory or a file in it cannot be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {

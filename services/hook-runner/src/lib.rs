@@ -4,6 +4,7 @@
 //! [`App::run`], or with [`run`].
 
 pub mod actions;
+pub mod engine;
 pub mod error;
 pub mod offline;
 pub mod pattern;
@@ -13,11 +14,13 @@ pub mod template;
 pub mod trigger;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use switchboard_bus::NatsConfig;
 use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, ServiceConfig, Validate};
 
+pub use engine::{Engine, HooksConfig};
 pub use error::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +39,8 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Log format and level.
     pub log: LogConfig,
+    /// Rules and the engine.
+    pub hooks: engine::HooksConfig,
 }
 
 impl Default for Config {
@@ -45,13 +50,15 @@ impl Default for Config {
             http: HttpConfig::on_port(8085),
             grpc: GrpcConfig::on_port(9085),
             log: LogConfig::default(),
+            hooks: engine::HooksConfig::default(),
         }
     }
 }
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
-        self.nats.validate().map_err(|e| e.to_string())
+        self.nats.validate().map_err(|e| e.to_string())?;
+        self.hooks.validate()
     }
 }
 
@@ -65,6 +72,7 @@ impl ServiceConfig for Config {
 #[derive(Debug)]
 pub struct App {
     base: Base,
+    engine: Arc<Engine>,
     shutdown: CancellationToken,
 }
 
@@ -72,7 +80,8 @@ impl App {
     /// Binds the ports, connects to NATS and provisions what the service owns.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
-        Ok(Self { base, shutdown })
+        let engine = Engine::new(base.bus.clone(), config.hooks.clone(), shutdown.clone()).map_err(Error::Rules)?;
+        Ok(Self { base, engine, shutdown })
     }
 
     /// The bound HTTP address.
@@ -85,8 +94,14 @@ impl App {
         self.base.listeners.grpc_addr()
     }
 
-    /// Serves until the shutdown token is cancelled.
+    /// The engine (rules, stats, runs).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for runs in flight.
     pub async fn run(self) -> Result<(), Error> {
+        self.engine.start().await?;
         self.base.log_ready(SERVICE);
         let Base {
             listeners,
@@ -100,6 +115,7 @@ impl App {
             health,
         };
         listeners.serve(endpoints, self.shutdown).await?;
+        self.engine.stopped().await;
         Ok(())
     }
 }
