@@ -49,6 +49,8 @@ pub struct HooksConfig {
     pub fuel: u64,
     /// Durable consumer names are `<consumer_prefix>-<rule>`.
     pub consumer_prefix: String,
+    /// Bearer token gRPC callers must send; unset: only loopback callers.
+    pub api_token: Option<switchboard_bus::Secret>,
 }
 
 impl Default for HooksConfig {
@@ -60,6 +62,7 @@ impl Default for HooksConfig {
             reload_interval: Duration::from_secs(2),
             fuel: crate::template::DEFAULT_FUEL,
             consumer_prefix: "hook".to_owned(),
+            api_token: None,
         }
     }
 }
@@ -542,18 +545,9 @@ impl Engine {
             self.with_stats(&rule.name, |s| s.throttled += 1);
             return Disposition::Ack;
         }
-        let result = self.run(set, rule, trigger).await;
-        self.report(&result, trigger).await;
-        let success = result.success;
+        let result = self.run_and_report(set, rule, trigger).await;
         let last = headers.is_none() || trigger.attempt >= rule.retry.attempts;
-        self.with_stats(&rule.name, |s| {
-            if success {
-                s.succeeded += 1;
-            } else {
-                s.failed += 1;
-            }
-        });
-        if success {
+        if result.success {
             return Disposition::Ack;
         }
         match headers {
@@ -569,6 +563,34 @@ impl Engine {
             )),
             None => Disposition::Ack,
         }
+    }
+
+    /// Runs `rule` for a trigger given by a caller (gRPC `Trigger`): no throttle, no
+    /// redelivery; the result is published and logged like any run.
+    pub async fn trigger(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> RunResult {
+        self.with_stats(&rule.name, |s| s.matched += 1);
+        self.run_and_report(set, rule, trigger).await
+    }
+
+    async fn run_and_report(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> RunResult {
+        let result = self.run(set, rule, trigger).await;
+        // Counted and logged before the result event goes out, so whoever sees the
+        // event also sees the run in ListRules and GetRuns.
+        let success = result.success;
+        let kept = self.settings.runs_kept;
+        self.with_stats(&rule.name, |s| {
+            if success {
+                s.succeeded += 1;
+            } else {
+                s.failed += 1;
+            }
+            s.runs.push_back(result.clone());
+            while s.runs.len() > kept {
+                s.runs.pop_front();
+            }
+        });
+        self.report(&result, trigger).await;
+        result
     }
 
     /// Throttle and debounce: true when this event may run now.
@@ -779,7 +801,7 @@ impl Engine {
         }
     }
 
-    /// Publishes the run's result and keeps it in the rule's run log.
+    /// Publishes the run's result.
     async fn report(&self, result: &RunResult, trigger: &Trigger) {
         let outcome = if result.success { "succeeded" } else { "failed" };
         let subject = self.bus.subjects().hook_result(&result.rule, outcome);
@@ -794,13 +816,6 @@ impl Engine {
             }
             Err(error) => tracing::warn!(rule = %result.rule, %error, "cannot encode the run's result"),
         }
-        let kept = self.settings.runs_kept;
-        self.with_stats(&result.rule, |s| {
-            s.runs.push_back(result.clone());
-            while s.runs.len() > kept {
-                s.runs.pop_front();
-            }
-        });
     }
 
     async fn dead_letter(&self, rule: &Rule, trigger: &Trigger, headers: HashMap<String, String>, last: RunResult) {

@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod engine;
 pub mod error;
+pub mod grpc;
 pub mod offline;
 pub mod pattern;
 pub mod render;
@@ -22,6 +23,7 @@ use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, Se
 
 pub use engine::{Engine, HooksConfig};
 pub use error::Error;
+use switchboard_proto::hook::v1::hook_service_server::HookServiceServer;
 use tokio_util::sync::CancellationToken;
 
 /// The service's name: binary, NATS client name, CloudEvents source.
@@ -73,6 +75,7 @@ impl ServiceConfig for Config {
 pub struct App {
     base: Base,
     engine: Arc<Engine>,
+    hooks: grpc::Hooks,
     shutdown: CancellationToken,
 }
 
@@ -81,7 +84,13 @@ impl App {
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         let engine = Engine::new(base.bus.clone(), config.hooks.clone(), shutdown.clone()).map_err(Error::Rules)?;
-        Ok(Self { base, engine, shutdown })
+        let hooks = grpc::Hooks::new(engine.clone(), config.hooks.api_token.clone());
+        Ok(Self {
+            base,
+            engine,
+            hooks,
+            shutdown,
+        })
     }
 
     /// The bound HTTP address.
@@ -110,8 +119,8 @@ impl App {
         } = self.base;
         let endpoints = Endpoints {
             router: axum::Router::new(),
-            grpc: tonic::service::Routes::default(),
-            grpc_services: Vec::new(),
+            grpc: tonic::service::Routes::new(HookServiceServer::new(self.hooks)),
+            grpc_services: vec![switchboard_proto::service_names::HOOK],
             health,
         };
         listeners.serve(endpoints, self.shutdown).await?;

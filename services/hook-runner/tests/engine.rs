@@ -19,6 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 struct Service {
     engine: Arc<Engine>,
+    grpc: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), hook_runner::Error>>,
 }
@@ -32,7 +33,12 @@ impl Service {
 }
 
 async fn start(nats: &NatsServer, rules: &Path) -> Service {
+    start_with(nats, rules, None).await
+}
+
+async fn start_with(nats: &NatsServer, rules: &Path, token: Option<&str>) -> Service {
     let mut config = Config::default();
+    config.hooks.api_token = token.map(switchboard_bus::Secret::new);
     config.nats.url = nats.url();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
@@ -41,8 +47,14 @@ async fn start(nats: &NatsServer, rules: &Path) -> Service {
     let shutdown = CancellationToken::new();
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let engine = app.engine().clone();
+    let grpc = app.grpc_addr();
     let task = tokio::spawn(app.run());
-    Service { engine, shutdown, task }
+    Service {
+        engine,
+        grpc,
+        shutdown,
+        task,
+    }
 }
 
 async fn client(nats: &NatsServer) -> Bus {
@@ -411,4 +423,228 @@ async fn rules_reload_on_change_and_an_invalid_file_keeps_the_old_rules() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     service.stop().await;
+}
+
+#[tokio::test]
+async fn debounce_runs_only_the_last_event_of_a_burst() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "d.yaml",
+        "rules:\n  - name: typing\n    on: sb.evt.test.typing\n    concurrency: 10\n    debounce: { key: '{{ data.who }}', wait: 300ms }\n    actions:\n      - publish: { subject: sb.evt.test.settled, data: { n: '{{ data.n }}' } }\n",
+    );
+    let bus = client(&nats).await;
+    let mut settled = bus.client().subscribe("sb.evt.test.settled").await.expect("sub");
+    let service = start(&nats, dir.path()).await;
+    until_consuming(&bus, &["typing"]).await;
+    for n in 1..=5 {
+        emit(&bus, "sb.evt.test.typing", "t.v1", json!({"who": "a", "n": n})).await;
+    }
+    // Wait until all five were handled: four superseded, one ran.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let s = service.engine.stats()["typing"].clone();
+        if s.throttled + s.succeeded == 5 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "burst never settled: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = service.engine.stats()["typing"].clone();
+    assert_eq!(stats.succeeded, 1, "{stats:?}");
+    let (_, _, data) = next_json(&mut settled).await;
+    assert_eq!(data, json!({"n": 5}), "the last event of the burst ran");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_longer_than_the_rule_timeout_fails() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "slow.yaml",
+        "rules:\n  - name: slow\n    on: sb.evt.test.slow\n    timeout: 200ms\n    retry: { attempts: 1 }\n    actions:\n      - exec: { program: /bin/sleep, args: ['30'] }\n",
+    );
+    let bus = client(&nats).await;
+    let mut results = bus.client().subscribe("sb.evt.hook.slow.*").await.expect("sub");
+    let service = start(&nats, dir.path()).await;
+    until_consuming(&bus, &["slow"]).await;
+    emit(&bus, "sb.evt.test.slow", "t.v1", json!({})).await;
+    let (subject, _, result) = next_json(&mut results).await;
+    assert_eq!(subject, "sb.evt.hook.slow.failed");
+    let result: RunResult = serde_json::from_value(result).expect("RunResult");
+    assert!(result.actions.iter().any(|a| a.error.contains("timeout")), "{result:?}");
+    let (subject, _, _) = next_json(&mut results).await;
+    assert_eq!(subject, "sb.evt.hook.slow.dead", "one attempt, then the dead letter");
+    service.stop().await;
+}
+
+mod grpc {
+    use super::*;
+    use switchboard_proto::hook::v1::hook_service_client::HookServiceClient;
+    use switchboard_proto::hook::v1::{GetRunsRequest, ListRulesRequest, ReloadRequest, TriggerRequest};
+    use tonic::transport::Channel;
+
+    async fn connect(addr: std::net::SocketAddr) -> HookServiceClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        HookServiceClient::new(channel)
+    }
+
+    fn with_token<T>(body: T, token: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(body);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+        request
+    }
+
+    const RULES: &str = r#"
+rules:
+  - name: admin-ping
+    on: sb.evt.push.inbound.*.ping
+    when: 'data.host.matches("^[a-z0-9.-]+$")'
+    actions:
+      - name: run
+        exec: { program: /bin/echo, args: ["pinging", "{{ data.host }}"] }
+"#;
+
+    #[tokio::test]
+    async fn list_trigger_runs_and_reload() {
+        let nats = NatsServer::start().expect("nats");
+        let dir = tempfile::tempdir().expect("dir");
+        write_rules(dir.path(), "admin.yaml", RULES);
+        let service = start_with(&nats, dir.path(), Some("s3cret")).await;
+        let mut client = connect(service.grpc).await;
+
+        let refused = client.list_rules(ListRulesRequest {}).await.expect_err("no token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let refused = client
+            .list_rules(with_token(ListRulesRequest {}, "wrong"))
+            .await
+            .expect_err("bad token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+        let data = |host: &str| serde_json::from_value(json!({ "host": host })).expect("Value");
+        let dry = client
+            .trigger(with_token(
+                TriggerRequest {
+                    rule: "admin-ping".into(),
+                    subject: "sb.evt.push.inbound.admin.ping".into(),
+                    data: Some(data("192.168.1.1")),
+                    r#type: String::new(),
+                    dry_run: true,
+                },
+                "s3cret",
+            ))
+            .await
+            .expect("dry run")
+            .into_inner();
+        assert!(dry.matched && dry.result.is_none());
+        let rendered = serde_json::to_value(dry.rendered).expect("json");
+        assert_eq!(
+            rendered["actions"][0]["rendered"]["args"],
+            json!(["pinging", "192.168.1.1"])
+        );
+
+        let refused = client
+            .trigger(with_token(
+                TriggerRequest {
+                    rule: "admin-ping".into(),
+                    subject: "sb.evt.push.inbound.admin.ping".into(),
+                    data: Some(data("x; rm -rf /")),
+                    r#type: String::new(),
+                    dry_run: false,
+                },
+                "s3cret",
+            ))
+            .await
+            .expect("trigger")
+            .into_inner();
+        assert!(!refused.matched, "the when condition refuses the host");
+
+        let ran = client
+            .trigger(with_token(
+                TriggerRequest {
+                    rule: "admin-ping".into(),
+                    subject: "sb.evt.push.inbound.admin.ping".into(),
+                    data: Some(data("example.org")),
+                    r#type: String::new(),
+                    dry_run: false,
+                },
+                "s3cret",
+            ))
+            .await
+            .expect("trigger")
+            .into_inner();
+        let result = ran.result.expect("result");
+        assert!(result.success);
+        assert_eq!(result.actions[0].output, "pinging example.org\n");
+
+        let rules = client
+            .list_rules(with_token(ListRulesRequest {}, "s3cret"))
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(rules.rules.len(), 1);
+        assert_eq!(rules.rules[0].name, "admin-ping");
+        assert_eq!((rules.rules[0].matched, rules.rules[0].succeeded), (1, 1));
+        assert!(rules.rules[0].file.ends_with("admin.yaml"));
+
+        let runs = client
+            .get_runs(with_token(
+                GetRunsRequest {
+                    rule: "admin-ping".into(),
+                    limit: 5,
+                },
+                "s3cret",
+            ))
+            .await
+            .expect("runs")
+            .into_inner();
+        assert_eq!(runs.runs.len(), 1);
+        assert_eq!(runs.runs[0].run_id, result.run_id);
+        let missing = client
+            .get_runs(with_token(
+                GetRunsRequest {
+                    rule: "nope".into(),
+                    limit: 5,
+                },
+                "s3cret",
+            ))
+            .await
+            .expect_err("no such rule");
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+
+        write_rules(
+            dir.path(),
+            "broken.yaml",
+            "rules:\n  - name: x\n    on: sb.evt.a\n    actions: []\n",
+        );
+        let reload = client
+            .reload(with_token(ReloadRequest {}, "s3cret"))
+            .await
+            .expect("reload")
+            .into_inner();
+        assert!(!reload.ok);
+        assert_eq!(reload.rules, 1, "old rules kept");
+        assert!(
+            reload.error.contains("broken.yaml:4: rules[0].actions"),
+            "{}",
+            reload.error
+        );
+        std::fs::remove_file(dir.path().join("broken.yaml")).expect("rm");
+        let reload = client
+            .reload(with_token(ReloadRequest {}, "s3cret"))
+            .await
+            .expect("reload")
+            .into_inner();
+        assert!(reload.ok && reload.rules == 1, "{reload:?}");
+        service.stop().await;
+    }
 }
