@@ -247,10 +247,13 @@ impl Engine {
     }
 
     /// Starts the consumers and the reloader (polling and SIGHUP); returns at once.
+    /// SIGHUP is caught from here on, before any consumer exists.
     pub async fn start(self: &Arc<Self>) -> Result<(), Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangup = signal(SignalKind::hangup()).map_err(|e| Error::Action(format!("cannot catch SIGHUP: {e}")))?;
         self.reconcile().await;
         let engine = self.clone();
-        self.tasks.spawn(async move { engine.watch().await });
+        self.tasks.spawn(async move { engine.watch(hangup).await });
         Ok(())
     }
 
@@ -300,24 +303,13 @@ impl Engine {
     }
 
     /// Polls the rules directory and listens for SIGHUP.
-    async fn watch(self: Arc<Self>) {
-        #[cfg(unix)]
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    async fn watch(self: Arc<Self>, mut hangup: tokio::signal::unix::Signal) {
         let mut tick = tokio::time::interval(self.settings.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            #[cfg(unix)]
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hup = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = hup => {
+                _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading rules");
                     let _ = self.reload().await;
                 }

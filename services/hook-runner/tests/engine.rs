@@ -37,13 +37,17 @@ async fn start(nats: &NatsServer, rules: &Path) -> Service {
 }
 
 async fn start_with(nats: &NatsServer, rules: &Path, token: Option<&str>) -> Service {
+    start_config(nats, rules, token, Duration::from_millis(100)).await
+}
+
+async fn start_config(nats: &NatsServer, rules: &Path, token: Option<&str>, reload_interval: Duration) -> Service {
     let mut config = Config::default();
     config.hooks.api_token = token.map(switchboard_bus::Secret::new);
     config.nats.url = nats.url();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
     config.hooks.rules_dir = rules.to_owned();
-    config.hooks.reload_interval = Duration::from_millis(100);
+    config.hooks.reload_interval = reload_interval;
     let shutdown = CancellationToken::new();
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let engine = app.engine().clone();
@@ -478,6 +482,31 @@ async fn a_run_longer_than_the_rule_timeout_fails() {
     assert!(result.actions.iter().any(|a| a.error.contains("timeout")), "{result:?}");
     let (subject, _, _) = next_json(&mut results).await;
     assert_eq!(subject, "sb.evt.hook.slow.dead", "one attempt, then the dead letter");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_rules() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "a.yaml",
+        "rules:\n  - name: one\n    on: sb.evt.test.h\n    actions:\n      - publish: { subject: sb.evt.test.h1 }\n",
+    );
+    let bus = client(&nats).await;
+    // Polling is too slow to matter here: only the signal reloads.
+    let service = start_config(&nats, dir.path(), None, Duration::from_secs(3600)).await;
+    until_consuming(&bus, &["one"]).await;
+    write_rules(
+        dir.path(),
+        "b.yaml",
+        "rules:\n  - name: two\n    on: sb.evt.test.h\n    actions:\n      - publish: { subject: sb.evt.test.h2 }\n",
+    );
+    assert_eq!(service.engine.rules().rules.len(), 1);
+    nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGHUP).expect("signal");
+    until_consuming(&bus, &["one", "two"]).await;
+    assert_eq!(service.engine.rules().rules.len(), 2);
     service.stop().await;
 }
 
