@@ -167,6 +167,7 @@ impl HookService for Hooks {
             source: Some("/switchboard/hook-runner/trigger".to_owned()),
             extensions: Default::default(),
             data,
+            steps: Default::default(),
         }
         .into_trigger()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -181,7 +182,7 @@ impl HookService for Hooks {
             return Ok(Response::new(TriggerReply::default()));
         }
         if request.dry_run {
-            let rendered = dry_run(&set, &rule, &trigger, self.engine.defaults());
+            let rendered = dry_run(&set, &rule, &trigger, self.engine.defaults(), &serde_json::Map::new());
             return Ok(Response::new(TriggerReply {
                 matched: true,
                 result: None,

@@ -287,39 +287,63 @@ pub fn rule_context(
     }
 }
 
-/// A dry run of `rule` for `trigger`: every action rendered (later actions see no
-/// `steps`, so one that uses them shows its render error instead), nothing run.
+/// What a step looks like in a dry run: a success with empty output, with the
+/// caller's simulated fields merged over it.
+fn simulated_step(simulated: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut step = serde_json::json!({
+        "success": true, "exit_code": 0, "status": 200, "output": "", "stderr": "",
+        "error": "", "attempts": 1, "reply": null,
+    });
+    if let (Some(serde_json::Value::Object(given)), serde_json::Value::Object(map)) = (simulated, &mut step) {
+        for (k, v) in given {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+    step
+}
+
+/// A dry run of `rule` for `trigger`: every action rendered in order, nothing run.
+/// Each action sees the earlier ones as `steps`: a success with empty output, or
+/// what `simulated` gives for its name. A render error is shown in place.
 pub fn dry_run(
     set: &crate::rules::RuleSet,
     rule: &crate::rules::Rule,
     trigger: &crate::trigger::Trigger,
     defaults: &Defaults,
+    simulated: &serde_json::Map<String, serde_json::Value>,
 ) -> serde_json::Value {
     let base = trigger.template_context(&rule.name);
     let context = match rule_context(set, rule, &base) {
         Ok(c) => c,
         Err(e) => return serde_json::json!({ "error": e.to_string() }),
     };
-    let ctx = run_context(&base, &context, &serde_json::Map::new());
-    let describe = |actions: &[crate::rules::Action], field: &str| -> Vec<serde_json::Value> {
+    let mut steps = serde_json::Map::new();
+    let describe = |actions: &[crate::rules::Action],
+                    field: &str,
+                    steps: &mut serde_json::Map<String, serde_json::Value>|
+     -> Vec<serde_json::Value> {
         actions
             .iter()
             .enumerate()
             .map(|(i, action)| {
                 let field = format!("{field}[{i}]");
-                match render(&set.templates, &action.kind, &ctx, &field, defaults) {
+                let ctx = run_context(&base, &context, steps);
+                let entry = match render(&set.templates, &action.kind, &ctx, &field, defaults) {
                     Ok(rendered) => serde_json::json!({ "name": action.name, "rendered": rendered }),
                     Err(e) => serde_json::json!({ "name": action.name, "error": e.to_string() }),
-                }
+                };
+                steps.insert(action.name.clone(), simulated_step(simulated.get(&action.name)));
+                entry
             })
             .collect()
     };
-    let mut actions = describe(&rule.actions, "actions");
+    let mut actions = describe(&rule.actions, "actions", &mut steps);
     for (i, action) in rule.actions.iter().enumerate() {
         if let crate::rules::OnFailure::Run(fallback) = &action.on_failure
             && let Some(entry) = actions.get_mut(i)
         {
-            entry["on_failure"] = serde_json::Value::Array(describe(fallback, &format!("actions[{i}].on_failure")));
+            entry["on_failure"] =
+                serde_json::Value::Array(describe(fallback, &format!("actions[{i}].on_failure"), &mut steps));
         }
     }
     serde_json::json!({ "context": context, "actions": actions })

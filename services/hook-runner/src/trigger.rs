@@ -113,6 +113,10 @@ pub struct EventFile {
     /// The data.
     #[serde(default)]
     pub data: Value,
+    /// For dry runs: what earlier actions pretend to have returned, by action name
+    /// (merged over a successful placeholder), e.g. `{"originate": {"reply": {...}}}`.
+    #[serde(default)]
+    pub steps: Map<String, Value>,
 }
 
 /// The CloudEvents type of hand-made events without one.
