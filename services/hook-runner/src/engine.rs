@@ -517,6 +517,7 @@ impl Engine {
         if trigger.depth >= self.settings.max_depth {
             tracing::warn!(rule = %rule.name, depth = trigger.depth, event = %trigger.event.id, "depth limit reached; not running (loop?)");
             self.with_stats(&rule.name, |s| s.throttled += 1);
+            metrics::counter!("hook_skipped_total", "rule" => rule.name.clone(), "reason" => "depth").increment(1);
             return Disposition::Ack;
         }
         let verdict = match CelInput::new(trigger) {
@@ -532,9 +533,11 @@ impl Engine {
             _ => return Disposition::Ack,
         }
         self.with_stats(&rule.name, |s| s.matched += 1);
+        metrics::counter!("hook_matched_total", "rule" => rule.name.clone()).increment(1);
         let base = trigger.template_context(&rule.name);
         if !self.admit(set, rule, &base).await {
             self.with_stats(&rule.name, |s| s.throttled += 1);
+            metrics::counter!("hook_skipped_total", "rule" => rule.name.clone(), "reason" => "throttle").increment(1);
             return Disposition::Ack;
         }
         let result = self.run_and_report(set, rule, trigger).await;
@@ -546,6 +549,7 @@ impl Engine {
             Some(headers) if last => {
                 self.dead_letter(rule, trigger, headers, result).await;
                 self.with_stats(&rule.name, |s| s.dead += 1);
+                metrics::counter!("hook_dead_letters_total", "rule" => rule.name.clone()).increment(1);
                 Disposition::Dead
             }
             Some(_) => Disposition::Retry(actions::http::backoff(
@@ -581,6 +585,10 @@ impl Engine {
                 s.runs.pop_front();
             }
         });
+        let outcome = if success { "succeeded" } else { "failed" };
+        metrics::counter!("hook_runs_total", "rule" => rule.name.clone(), "outcome" => outcome).increment(1);
+        metrics::histogram!("hook_run_duration_seconds", "rule" => rule.name.clone())
+            .record(Duration::from_millis(result.duration_ms).as_secs_f64());
         self.report(&result, trigger).await;
         result
     }

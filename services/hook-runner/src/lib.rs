@@ -83,6 +83,8 @@ impl App {
     /// Binds the ports, connects to NATS and provisions what the service owns.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
+        // Install the recorder now, so runs before the first scrape are counted.
+        switchboard_runtime::health::prometheus();
         let engine = Engine::new(base.bus.clone(), config.hooks.clone(), shutdown.clone()).map_err(Error::Rules)?;
         let hooks = grpc::Hooks::new(engine.clone(), config.hooks.api_token.clone());
         Ok(Self {

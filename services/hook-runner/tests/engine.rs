@@ -19,6 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 struct Service {
     engine: Arc<Engine>,
+    http: std::net::SocketAddr,
     grpc: std::net::SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), hook_runner::Error>>,
@@ -52,9 +53,11 @@ async fn start_config(nats: &NatsServer, rules: &Path, token: Option<&str>, relo
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let engine = app.engine().clone();
     let grpc = app.grpc_addr();
+    let http = app.http_addr();
     let task = tokio::spawn(app.run());
     Service {
         engine,
+        http,
         grpc,
         shutdown,
         task,
@@ -209,6 +212,16 @@ rules:
     let stats = service.engine.stats();
     assert_eq!(stats["screen-pop"].matched, 1, "the two other events did not match");
     assert_eq!(stats["screen-pop"].succeeded, 1);
+    let metrics = reqwest::get(format!("http://{}/metrics", service.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"hook_runs_total{rule="screen-pop",outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
     service.stop().await;
 }
 
