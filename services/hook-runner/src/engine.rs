@@ -520,10 +520,7 @@ impl Engine {
             metrics::counter!("hook_skipped_total", "rule" => rule.name.clone(), "reason" => "depth").increment(1);
             return Disposition::Ack;
         }
-        let verdict = match CelInput::new(trigger) {
-            Ok(input) => set.verdict(rule, trigger, &input),
-            Err(e) => Verdict::Error(e.to_string()),
-        };
+        let verdict = set.verdict(rule, trigger, &mut CelInput::new());
         match verdict {
             Verdict::Matched => {}
             Verdict::Error(error) => {

@@ -36,14 +36,14 @@ pub fn test(dir: &Path, event_json: &str, prefix: &str) -> Result<serde_json::Va
     let mut file = EventFile::parse(event_json).map_err(|e| vec![e])?;
     let steps = std::mem::take(&mut file.steps);
     let trigger = file.into_trigger().map_err(|e| vec![e])?;
-    let input = CelInput::new(&trigger).map_err(|e| vec![e])?;
+    let mut input = CelInput::new();
     let defaults = Defaults {
         prefix: prefix.to_owned(),
     };
     let mut matched = Vec::new();
     let mut skipped = Vec::new();
     for rule in &set.rules {
-        match set.verdict(rule, &trigger, &input) {
+        match set.verdict(rule, &trigger, &mut input) {
             Verdict::Matched => {
                 let mut entry = dry_run(&set, rule, &trigger, &defaults, &steps);
                 entry["rule"] = json!(rule.name);

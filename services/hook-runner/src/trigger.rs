@@ -163,43 +163,51 @@ pub enum Verdict {
     Error(String),
 }
 
-/// The CEL values of one trigger, built once and shared by every condition.
+/// The CEL context of one trigger: built on the first condition that needs it and
+/// shared by the rest (converting the data into CEL values is the costly part). Not
+/// `Send`: used synchronously, never across an `.await`.
+#[derive(Default)]
 pub struct CelInput {
-    data: cel::Value,
-    attributes: cel::Value,
-    subject: cel::Value,
-    tokens: cel::Value,
+    context: Option<cel::Context<'static, 'static>>,
 }
 
 impl CelInput {
-    /// Converts the trigger's data, attributes and subject.
-    pub fn new(trigger: &Trigger) -> Result<Self, Error> {
-        let convert = |v: &Value| cel::to_value(v).map_err(|e| Error::Condition(e.to_string()));
-        Ok(Self {
-            data: convert(&trigger.data)?,
-            attributes: convert(&Value::Object(trigger.attributes()))?,
-            subject: cel::Value::String(Arc::new(trigger.subject.clone())),
-            tokens: cel::Value::List(Arc::new(
-                trigger
-                    .tokens()
-                    .into_iter()
-                    .map(|t| cel::Value::String(Arc::new(t.to_owned())))
-                    .collect(),
-            )),
-        })
+    /// An input whose context is built on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn context(&mut self, env: &Arc<cel::Env>, trigger: &Trigger) -> Result<&cel::Context<'static, 'static>, Error> {
+        if self.context.is_none() {
+            let convert = |v: &Value| cel::to_value(v).map_err(|e| Error::Condition(e.to_string()));
+            let mut ctx = cel::Context::with_env(env.clone());
+            ctx.add_variable_from_value("data", convert(&trigger.data)?);
+            ctx.add_variable_from_value("attributes", convert(&Value::Object(trigger.attributes()))?);
+            ctx.add_variable_from_value("subject", trigger.subject.clone());
+            ctx.add_variable_from_value(
+                "tokens",
+                cel::Value::List(Arc::new(
+                    trigger
+                        .tokens()
+                        .into_iter()
+                        .map(|t| cel::Value::String(Arc::new(t.to_owned())))
+                        .collect(),
+                )),
+            );
+            self.context = Some(ctx);
+        }
+        self.context
+            .as_ref()
+            .ok_or_else(|| Error::Condition("no CEL context".to_owned()))
     }
 }
 
 impl RuleSet {
-    /// Evaluates `rule`'s condition for `input` (true when it has none).
-    pub fn condition(&self, rule: &Rule, input: &CelInput) -> Result<bool, Error> {
+    /// Evaluates `rule`'s condition for `trigger` (true when it has none).
+    pub fn condition(&self, rule: &Rule, trigger: &Trigger, input: &mut CelInput) -> Result<bool, Error> {
         let Some(when) = &rule.when else { return Ok(true) };
-        let mut ctx = cel::Context::with_env(self.cel.clone());
-        ctx.add_variable_from_value("data", input.data.clone());
-        ctx.add_variable_from_value("attributes", input.attributes.clone());
-        ctx.add_variable_from_value("subject", input.subject.clone());
-        ctx.add_variable_from_value("tokens", input.tokens.clone());
-        match when.program.execute(&ctx) {
+        let ctx = input.context(&self.cel, trigger)?;
+        match when.program.execute(ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(Error::Condition(format!(
                 "{:?} gave {other:?}, not a bool",
@@ -210,47 +218,32 @@ impl RuleSet {
     }
 
     /// Checks one rule against a trigger.
-    pub fn verdict(&self, rule: &Rule, trigger: &Trigger, input: &CelInput) -> Verdict {
+    pub fn verdict(&self, rule: &Rule, trigger: &Trigger, input: &mut CelInput) -> Verdict {
         if !rule.on.iter().any(|p| crate::pattern::matches(p, &trigger.subject)) {
             return Verdict::Subject;
         }
         if !rule.types.is_empty() && !rule.types.contains(&trigger.event.ty) {
             return Verdict::Type;
         }
-        match self.condition(rule, input) {
+        match self.condition(rule, trigger, input) {
             Ok(true) => Verdict::Matched,
             Ok(false) => Verdict::When,
             Err(e) => Verdict::Error(e.to_string()),
         }
     }
 
-    /// The indexes of every rule that matches `trigger`, using the subject index.
-    pub fn matching(&self, trigger: &Trigger) -> Result<Vec<usize>, Error> {
+    /// The indexes of every rule that matches `trigger`, using the subject index; a
+    /// condition that fails to evaluate counts as no match.
+    pub fn matching(&self, trigger: &Trigger) -> Vec<usize> {
         let mut candidates = Vec::new();
         self.index.find(&trigger.subject, &mut candidates);
-        if candidates.is_empty() {
-            return Ok(candidates);
-        }
-        let mut input = None;
-        let mut matched = Vec::with_capacity(candidates.len());
-        for i in candidates {
-            let Some(rule) = self.rules.get(i) else { continue };
-            if !rule.types.is_empty() && !rule.types.contains(&trigger.event.ty) {
-                continue;
-            }
-            if rule.when.is_none() {
-                matched.push(i);
-                continue;
-            }
-            if input.is_none() {
-                input = Some(CelInput::new(trigger)?);
-            }
-            if let Some(input) = &input
-                && let Ok(true) = self.condition(rule, input)
-            {
-                matched.push(i);
-            }
-        }
-        Ok(matched)
+        let mut input = CelInput::new();
+        candidates.retain(|&i| {
+            self.rules.get(i).is_some_and(|rule| {
+                (rule.types.is_empty() || rule.types.contains(&trigger.event.ty))
+                    && matches!(self.condition(rule, trigger, &mut input), Ok(true))
+            })
+        });
+        candidates
     }
 }
