@@ -124,7 +124,7 @@ async fn bench_e2e() {
     config.nats.url = nats.url();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
-    config.hooks.rules_dir = dir.path().to_owned();
+    config.rules.dir = dir.path().to_owned();
     let shutdown = CancellationToken::new();
     let app = hook_runner::App::build(config, shutdown.clone()).await.expect("build");
     let task = tokio::spawn(app.run());

@@ -32,21 +32,53 @@ use crate::render::{self, Defaults, Rendered};
 use crate::rules::{Action, ActionKind, OnFailure, Rule, RuleSet, load_dir};
 use crate::trigger::{CelInput, DEPTH_EXTENSION, Trigger, Verdict};
 
-/// The `[hooks]` config section.
+/// The `[rules]` config section (`SB_RULES__DIR`...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct HooksConfig {
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
     /// The rules directory (`*.yaml`, `*.yml`).
-    pub rules_dir: PathBuf,
-    /// Events that `max_depth` hook results led to run no rule (stops loops).
-    pub max_depth: u32,
-    /// Runs kept per rule for `GetRuns`.
-    pub runs_kept: usize,
-    /// How often the rules directory is checked for changes.
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
     /// Template instruction budget per render.
     pub fuel: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("rules"),
+            reload_interval: Duration::from_secs(2),
+            fuel: crate::template::DEFAULT_FUEL,
+        }
+    }
+}
+
+impl RulesConfig {
+    /// Checks ranges, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dir.as_os_str().is_empty() {
+            return Err("rules.dir must be set".to_owned());
+        }
+        if self.reload_interval.is_zero() {
+            return Err("rules.reload_interval must be more than 0".to_owned());
+        }
+        if self.fuel < 100 {
+            return Err("rules.fuel must be at least 100".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The `[hooks]` config section: the engine and its API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Events that `max_depth` hook results led to run no rule (stops loops).
+    pub max_depth: u32,
+    /// Runs kept per rule for `GetRuns`.
+    pub runs_kept: usize,
     /// Durable consumer names are `<consumer_prefix>-<rule>`.
     pub consumer_prefix: String,
     /// Bearer token gRPC callers must send; unset: only loopback callers.
@@ -56,11 +88,8 @@ pub struct HooksConfig {
 impl Default for HooksConfig {
     fn default() -> Self {
         Self {
-            rules_dir: PathBuf::from("rules"),
             max_depth: 5,
             runs_kept: 50,
-            reload_interval: Duration::from_secs(2),
-            fuel: crate::template::DEFAULT_FUEL,
             consumer_prefix: "hook".to_owned(),
             api_token: None,
         }
@@ -70,20 +99,11 @@ impl Default for HooksConfig {
 impl HooksConfig {
     /// Checks ranges, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.rules_dir.as_os_str().is_empty() {
-            return Err("hooks.rules_dir must be set".to_owned());
-        }
         if self.max_depth == 0 {
             return Err("hooks.max_depth must be at least 1".to_owned());
         }
         if !(1..=10_000).contains(&self.runs_kept) {
             return Err("hooks.runs_kept must be 1-10000".to_owned());
-        }
-        if self.reload_interval.is_zero() {
-            return Err("hooks.reload_interval must be more than 0".to_owned());
-        }
-        if self.fuel < 100 {
-            return Err("hooks.fuel must be at least 100".to_owned());
         }
         let valid = !self.consumer_prefix.is_empty()
             && self
@@ -135,6 +155,7 @@ struct Running {
 /// The engine shared by the consumers, the reloader and the gRPC service.
 pub struct Engine {
     bus: Bus,
+    source: RulesConfig,
     settings: HooksConfig,
     clients: Clients,
     defaults: Defaults,
@@ -179,21 +200,27 @@ impl Engine {
     /// Loads the rules (failing on any error: there are no old rules to keep yet).
     /// A missing directory starts with no rules (and is watched, so creating it
     /// loads them).
-    pub fn new(bus: Bus, settings: HooksConfig, shutdown: CancellationToken) -> Result<Arc<Self>, Vec<Error>> {
-        let set = if settings.rules_dir.is_dir() {
-            load_dir(&settings.rules_dir, settings.fuel)?
+    pub fn new(
+        bus: Bus,
+        source: RulesConfig,
+        settings: HooksConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, Vec<Error>> {
+        let set = if source.dir.is_dir() {
+            load_dir(&source.dir, source.fuel)?
         } else {
-            tracing::warn!(dir = %settings.rules_dir.display(), "rules directory does not exist; starting with no rules");
-            let mut set = RuleSet::empty(settings.fuel);
-            set.dir = settings.rules_dir.clone();
+            tracing::warn!(dir = %source.dir.display(), "rules directory does not exist; starting with no rules");
+            let mut set = RuleSet::empty(source.fuel);
+            set.dir = source.dir.clone();
             set
         };
-        Self::with_rules(bus, settings, set, shutdown).map_err(|e| vec![e])
+        Self::with_rules(bus, source, settings, set, shutdown).map_err(|e| vec![e])
     }
 
     /// An engine over an already loaded rule set.
     pub fn with_rules(
         bus: Bus,
+        source: RulesConfig,
         settings: HooksConfig,
         set: RuleSet,
         shutdown: CancellationToken,
@@ -204,6 +231,7 @@ impl Engine {
         Ok(Arc::new(Self {
             clients: Clients::new()?,
             bus,
+            source,
             settings,
             defaults,
             rules: RwLock::new(Arc::new(set)),
@@ -267,10 +295,10 @@ impl Engine {
     /// Reloads the rules directory: atomically replaces the rules when every file is
     /// valid; otherwise keeps the old rules and logs every error (file:line: field).
     pub async fn reload(self: &Arc<Self>) -> Result<usize, String> {
-        let dir = self.settings.rules_dir.clone();
+        let dir = self.source.dir.clone();
         let loaded = crate::rules::read_files(&dir).map_err(|e| vec![e]).and_then(|files| {
             let fp = crate::rules::fingerprint(&files);
-            crate::rules::load_files(&dir, &files, self.settings.fuel).inspect_err(|_| {
+            crate::rules::load_files(&dir, &files, self.source.fuel).inspect_err(|_| {
                 if let Ok(mut failed) = self.failed_fingerprint.lock() {
                     *failed = Some(fp);
                 }
@@ -304,7 +332,7 @@ impl Engine {
 
     /// Polls the rules directory and listens for SIGHUP.
     async fn watch(self: Arc<Self>, mut hangup: tokio::signal::unix::Signal) {
-        let mut tick = tokio::time::interval(self.settings.reload_interval);
+        let mut tick = tokio::time::interval(self.source.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -326,7 +354,7 @@ impl Engine {
     /// invalid version (so an invalid file is reported once, not every tick).
     fn changed(&self) -> bool {
         let current = self.rules();
-        let Ok(files) = crate::rules::read_files(&self.settings.rules_dir) else {
+        let Ok(files) = crate::rules::read_files(&self.source.dir) else {
             return false;
         };
         let fp = crate::rules::fingerprint(&files);

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_bus::NatsConfig;
 use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, ServiceConfig, Validate};
 
-pub use engine::{Engine, HooksConfig};
+pub use engine::{Engine, HooksConfig, RulesConfig};
 pub use error::Error;
 use switchboard_proto::hook::v1::hook_service_server::HookServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,9 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Log format and level.
     pub log: LogConfig,
-    /// Rules and the engine.
+    /// Where the rules are and how they are reloaded.
+    pub rules: engine::RulesConfig,
+    /// The engine and its API.
     pub hooks: engine::HooksConfig,
 }
 
@@ -52,6 +54,7 @@ impl Default for Config {
             http: HttpConfig::on_port(8085),
             grpc: GrpcConfig::on_port(9085),
             log: LogConfig::default(),
+            rules: engine::RulesConfig::default(),
             hooks: engine::HooksConfig::default(),
         }
     }
@@ -60,6 +63,7 @@ impl Default for Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.nats.validate().map_err(|e| e.to_string())?;
+        self.rules.validate()?;
         self.hooks.validate()
     }
 }
@@ -85,7 +89,13 @@ impl App {
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         // Install the recorder now, so runs before the first scrape are counted.
         switchboard_runtime::health::prometheus();
-        let engine = Engine::new(base.bus.clone(), config.hooks.clone(), shutdown.clone()).map_err(Error::Rules)?;
+        let engine = Engine::new(
+            base.bus.clone(),
+            config.rules.clone(),
+            config.hooks.clone(),
+            shutdown.clone(),
+        )
+        .map_err(Error::Rules)?;
         let hooks = grpc::Hooks::new(engine.clone(), config.hooks.api_token.clone());
         Ok(Self {
             base,

@@ -49,3 +49,19 @@ fn check_and_test_subcommands() {
         "{stderr}"
     );
 }
+
+/// The deployment files set `SB_RULES__DIR`: it must reach `rules.dir`.
+#[test]
+fn sb_rules_dir_sets_the_rules_directory() {
+    let exe = env!("CARGO_BIN_EXE_hook-runner");
+    let output = std::process::Command::new(exe)
+        .arg("--check-config")
+        .env("SB_RULES__DIR", "/etc/switchboard/rules")
+        .env("SB_HOOKS__MAX_DEPTH", "7")
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("\"/etc/switchboard/rules\""), "{printed}");
+    assert!(printed.contains("max_depth: 7"), "{printed}");
+}

@@ -47,8 +47,8 @@ async fn start_config(nats: &NatsServer, rules: &Path, token: Option<&str>, relo
     config.nats.url = nats.url();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
-    config.hooks.rules_dir = rules.to_owned();
-    config.hooks.reload_interval = reload_interval;
+    config.rules.dir = rules.to_owned();
+    config.rules.reload_interval = reload_interval;
     let shutdown = CancellationToken::new();
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let engine = app.engine().clone();
