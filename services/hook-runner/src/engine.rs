@@ -400,7 +400,18 @@ impl Engine {
                 let _ = stream.delete_consumer(&self.consumer_name(&name)).await;
             }
         }
+        let stream_filter = self.bus.subjects().all_events();
         for (name, rule) in wanted {
+            if let Some(outside) = rule.on.iter().find(|p| !crate::pattern::covers(&stream_filter, p)) {
+                let error = format!(
+                    "rule {name}: {outside} is outside {stream_filter} (the SB_EVENTS stream); the rule does not run"
+                );
+                tracing::error!("{error}");
+                if let Ok(mut e) = self.last_reload_error.lock() {
+                    *e = error;
+                }
+                continue;
+            }
             let config = self.consumer_config(rule);
             let signature = format!("{config:?}");
             if running.get(name).is_some_and(|r| r.signature == signature) {
@@ -561,6 +572,10 @@ impl Engine {
         metrics::counter!("hook_matched_total", "rule" => rule.name.clone()).increment(1);
         let base = trigger.template_context(&rule.name);
         if !self.admit(set, rule, &base).await {
+            if self.shutdown.is_cancelled() {
+                // Cut short by shutdown (debounce): another replica gets it.
+                return Disposition::Retry(Duration::ZERO);
+            }
             self.with_stats(&rule.name, |s| s.throttled += 1);
             metrics::counter!("hook_skipped_total", "rule" => rule.name.clone(), "reason" => "throttle").increment(1);
             return Disposition::Ack;

@@ -690,3 +690,23 @@ rules:
         service.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_rule_outside_the_events_stream_is_reported_not_run() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "x.yaml",
+        "rules:\n  - name: cmds\n    on: sb.cmd.ami.*.action\n    actions:\n      - publish: { subject: sb.evt.test.x }\n",
+    );
+    let service = start(&nats, dir.path()).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while service.engine.last_reload_error().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = service.engine.last_reload_error();
+    assert!(error.contains("sb.cmd.ami.*.action is outside sb.evt.>"), "{error}");
+    service.stop().await;
+}

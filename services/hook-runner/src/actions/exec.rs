@@ -43,6 +43,16 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
+/// Kills the process group when dropped: at the end of the action, and also when
+/// the action itself is dropped (the rule's run timeout, shutdown).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
 /// Runs the program and waits for it (or its timeout).
 pub async fn run(name: &str, spec: &RenderedExec) -> ActionResult {
     let started = Instant::now();
@@ -73,6 +83,7 @@ pub async fn run(name: &str, spec: &RenderedExec) -> ActionResult {
         }
     };
     let pid = child.id();
+    let group = GroupGuard(pid);
     if let (Some(mut stdin), Some(text)) = (child.stdin.take(), spec.stdin.clone()) {
         tokio::spawn(async move {
             // A program that does not read its stdin closes it: not an error.
@@ -107,7 +118,7 @@ pub async fn run(name: &str, spec: &RenderedExec) -> ActionResult {
         }
     }
     // Children left in the group would hold the pipes open: they end with the run.
-    kill_group(pid);
+    drop(group);
     let collect = |handle: Option<tokio::task::JoinHandle<(Vec<u8>, bool)>>| async move {
         match handle {
             Some(h) => tokio::time::timeout(DRAIN_GRACE, h)
@@ -192,6 +203,49 @@ mod tests {
         assert_eq!(r.exit_code, -1);
         assert!(r.error.contains("timed out"), "{}", r.error);
         assert!(r.output.is_empty(), "the script never got past the sleeps");
+    }
+
+    /// Dead or a zombie waiting for its reaper.
+    fn gone(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_the_action_kills_the_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // A constant script: the grandchild's pid goes to a file the test chose.
+        let script = format!("sleep 300 & echo $! > {}; wait", pid_file.display());
+        let s = spec("/bin/sh", &["-c", &script]);
+        let mut run = Box::pin(run("dropped", &s));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let pid = loop {
+            tokio::select! {
+                _ = &mut run => panic!("the script ended on its own"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if let Ok(pid) = std::fs::read_to_string(&pid_file)
+                && !pid.trim().is_empty()
+            {
+                break pid.trim().to_owned();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no pid file");
+        };
+        assert!(!gone(&pid), "the grandchild runs");
+        drop(run);
+        while !gone(&pid) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the grandchild survived the drop"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
