@@ -29,7 +29,12 @@ const AUTOSCALED: [&str; 2] = ["ws-push", "hook-runner"];
 const BRIDGES: [&str; 2] = ["ami-bridge", "im-bridge"];
 
 /// The only Secrets the manifests may reference (k8s/README.md documents them).
-const KNOWN_SECRETS: [&str; 4] = ["switchboard-db", "switchboard-auth", "switchboard-ami", "switchboard-nats"];
+const KNOWN_SECRETS: [&str; 4] = [
+    "switchboard-db",
+    "switchboard-auth",
+    "switchboard-ami",
+    "switchboard-nats",
+];
 
 const NAMESPACE: &str = "switchboard";
 
@@ -133,10 +138,15 @@ fn memory_bytes(quantity: &str) -> u64 {
     ];
     for (suffix, factor) in units {
         if let Some(number) = quantity.strip_suffix(suffix) {
-            return number.parse::<u64>().unwrap_or_else(|_| panic!("bad memory quantity {quantity:?}")) * factor;
+            return number
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("bad memory quantity {quantity:?}"))
+                * factor;
         }
     }
-    quantity.parse().unwrap_or_else(|_| panic!("bad memory quantity {quantity:?}"))
+    quantity
+        .parse()
+        .unwrap_or_else(|_| panic!("bad memory quantity {quantity:?}"))
 }
 
 /// A Kubernetes CPU quantity in millicores (`250m`, `1`, `"2"`, `0.5`).
@@ -164,24 +174,45 @@ fn docker_compose_config_is_valid_and_wires_every_service() {
 
     let names: BTreeSet<&str> = services.keys().filter_map(Value::as_str).collect();
     for expected in SERVICES.iter().map(|s| s.0).chain(["nats", "postgres"]) {
-        assert!(names.contains(expected), "docker-compose.yml has no service `{expected}` (has {names:?})");
+        assert!(
+            names.contains(expected),
+            "docker-compose.yml has no service `{expected}` (has {names:?})"
+        );
     }
 
     // NATS: JetStream on, a health check, a data volume.
     let nats = &services[&Value::from("nats")];
     let nats_image = str_at(nats, "image").expect("nats has an image");
-    let nats_version = nats_image.strip_prefix("nats:").expect("nats uses the official `nats` image");
-    let mut parts = nats_version.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let nats_version = nats_image
+        .strip_prefix("nats:")
+        .expect("nats uses the official `nats` image");
+    let mut parts = nats_version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    assert!((major, minor) >= (2, 10), "NATS must be >= 2.10 for the services, got {nats_image}");
-    let nats_command: Vec<&str> = seq_at(nats, "command").iter().filter_map(Value::as_str).collect();
-    assert!(nats_command.contains(&"-js"), "nats must run with JetStream (-js): {nats_command:?}");
-    let nats_health: Vec<&str> = seq_at(nats, "healthcheck.test").iter().filter_map(Value::as_str).collect();
     assert!(
-        nats_health.iter().any(|arg| arg.contains("/healthz") && arg.contains("js-enabled-only=true")),
+        (major, minor) >= (2, 10),
+        "NATS must be >= 2.10 for the services, got {nats_image}"
+    );
+    let nats_command: Vec<&str> = seq_at(nats, "command").iter().filter_map(Value::as_str).collect();
+    assert!(
+        nats_command.contains(&"-js"),
+        "nats must run with JetStream (-js): {nats_command:?}"
+    );
+    let nats_health: Vec<&str> = seq_at(nats, "healthcheck.test")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        nats_health
+            .iter()
+            .any(|arg| arg.contains("/healthz") && arg.contains("js-enabled-only=true")),
         "nats health check must wait for JetStream: {nats_health:?}"
     );
-    assert!(!seq_at(nats, "volumes").is_empty(), "nats JetStream data must be on a volume");
+    assert!(
+        !seq_at(nats, "volumes").is_empty(),
+        "nats JetStream data must be on a volume"
+    );
 
     // PostgreSQL: health check with pg_isready, data volume.
     let postgres = &services[&Value::from("postgres")];
@@ -190,29 +221,56 @@ fn docker_compose_config_is_valid_and_wires_every_service() {
         .filter_map(Value::as_str)
         .collect::<Vec<_>>()
         .join(" ");
-    assert!(pg_health.contains("pg_isready"), "postgres health check must use pg_isready: {pg_health}");
-    assert!(!seq_at(postgres, "volumes").is_empty(), "postgres data must be on a volume");
+    assert!(
+        pg_health.contains("pg_isready"),
+        "postgres health check must use pg_isready: {pg_health}"
+    );
+    assert!(
+        !seq_at(postgres, "volumes").is_empty(),
+        "postgres data must be on a volume"
+    );
 
     for (name, http_port, grpc_port) in SERVICES {
         let service = &services[&Value::from(name)];
 
-        assert_eq!(str_at(service, "image"), Some("switchboard:local"), "{name}: one image for all services");
-        assert!(!at(service, "build").is_null(), "{name}: must be built from the Dockerfile (`build: .`)");
+        assert_eq!(
+            str_at(service, "image"),
+            Some("switchboard:local"),
+            "{name}: one image for all services"
+        );
+        assert!(
+            !at(service, "build").is_null(),
+            "{name}: must be built from the Dockerfile (`build: .`)"
+        );
         let command: Vec<&str> = seq_at(service, "command").iter().filter_map(Value::as_str).collect();
-        assert_eq!(command.first().copied(), Some(name), "{name}: command must start the `{name}` binary");
+        assert_eq!(
+            command.first().copied(),
+            Some(name),
+            "{name}: command must start the `{name}` binary"
+        );
 
         // Health check through the CLI against /readyz on the service's own port.
-        let health: Vec<&str> = seq_at(service, "healthcheck.test").iter().filter_map(Value::as_str).collect();
+        let health: Vec<&str> = seq_at(service, "healthcheck.test")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         assert!(!health.is_empty(), "{name}: has no healthcheck");
         assert_eq!(
             health,
-            ["CMD", "switchboard", "health", &format!("http://127.0.0.1:{http_port}/readyz")],
+            [
+                "CMD",
+                "switchboard",
+                "health",
+                &format!("http://127.0.0.1:{http_port}/readyz")
+            ],
             "{name}: healthcheck must be `switchboard health` on its /readyz"
         );
 
         // Starts only after NATS is healthy.
         let depends = list_or_map(at(service, "depends_on"));
-        let nats_dep = depends.get("nats").unwrap_or_else(|| panic!("{name}: does not depend on nats"));
+        let nats_dep = depends
+            .get("nats")
+            .unwrap_or_else(|| panic!("{name}: does not depend on nats"));
         assert_eq!(
             str_at(nats_dep, "condition"),
             Some("service_healthy"),
@@ -237,7 +295,10 @@ fn docker_compose_config_is_valid_and_wires_every_service() {
             "{name}: must listen for gRPC on all interfaces on its port"
         );
         let format = env_text("SB_LOG__FORMAT").unwrap_or_default();
-        assert!(format == "pretty" || format == "json", "{name}: SB_LOG__FORMAT must be pretty|json, got {format:?}");
+        assert!(
+            format == "pretty" || format == "json",
+            "{name}: SB_LOG__FORMAT must be pretty|json, got {format:?}"
+        );
 
         // Both ports published (v1.29 renders `published`/`target` maps; v2 too).
         let published: BTreeSet<u16> = seq_at(service, "ports")
@@ -254,7 +315,10 @@ fn docker_compose_config_is_valid_and_wires_every_service() {
 
         // Never root.
         let user = scalar_text(at(service, "user")).unwrap_or_default();
-        assert!(user.starts_with("10001"), "{name}: must run as uid 10001, got user {user:?}");
+        assert!(
+            user.starts_with("10001"),
+            "{name}: must run as uid 10001, got user {user:?}"
+        );
     }
 
     // chat-store: PostgreSQL, after it is healthy; JWT secret.
@@ -271,7 +335,10 @@ fn docker_compose_config_is_valid_and_wires_every_service() {
         db_url.starts_with("postgres://") && db_url.contains("@postgres:5432/"),
         "chat-store SB_DATABASE__URL must point at the postgres service, got {db_url:?}"
     );
-    assert!(env.contains_key("SB_AUTH__JWT_SECRET"), "chat-store needs SB_AUTH__JWT_SECRET");
+    assert!(
+        env.contains_key("SB_AUTH__JWT_SECRET"),
+        "chat-store needs SB_AUTH__JWT_SECRET"
+    );
     assert!(
         list_or_map(at(&services[&Value::from("ws-push")], "environment")).contains_key("SB_AUTH__JWT_SECRET"),
         "ws-push needs SB_AUTH__JWT_SECRET"
@@ -292,14 +359,20 @@ fn docker_compose_config_is_valid_and_wires_every_service() {
         }
         _ => false,
     });
-    assert!(rules_mounted_ro, "hook-runner must mount ./examples/rules read-only at {rules_dir}");
+    assert!(
+        rules_mounted_ro,
+        "hook-runner must mount ./examples/rules read-only at {rules_dir}"
+    );
 
     let volumes: BTreeSet<&str> = at(&compose, "volumes")
         .as_mapping()
         .map(|m| m.keys().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     for volume in ["nats-data", "postgres-data", "chat-store-data"] {
-        assert!(volumes.contains(volume), "docker-compose.yml must declare volume `{volume}` (has {volumes:?})");
+        assert!(
+            volumes.contains(volume),
+            "docker-compose.yml must declare volume `{volume}` (has {volumes:?})"
+        );
     }
 }
 
@@ -414,7 +487,10 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
             );
         }
     }
-    assert!(find(&docs, "Namespace", NAMESPACE).is_some(), "k8s/{dir}: no Namespace `{NAMESPACE}`");
+    assert!(
+        find(&docs, "Namespace", NAMESPACE).is_some(),
+        "k8s/{dir}: no Namespace `{NAMESPACE}`"
+    );
 
     let config_maps: BTreeSet<&str> = docs
         .iter()
@@ -443,8 +519,16 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
             let cname = str_at(container, "name").unwrap_or("?");
             let what = format!("k8s/{dir}: {name}/{cname}");
 
-            assert_eq!(str_at(container, "readinessProbe.httpGet.path"), Some("/readyz"), "{what}: readinessProbe");
-            assert_eq!(str_at(container, "livenessProbe.httpGet.path"), Some("/healthz"), "{what}: livenessProbe");
+            assert_eq!(
+                str_at(container, "readinessProbe.httpGet.path"),
+                Some("/readyz"),
+                "{what}: readinessProbe"
+            );
+            assert_eq!(
+                str_at(container, "livenessProbe.httpGet.path"),
+                Some("/healthz"),
+                "{what}: livenessProbe"
+            );
             assert!(at(container, "startupProbe").is_mapping(), "{what}: no startupProbe");
 
             for kind in ["limits", "requests"] {
@@ -472,16 +556,39 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
             }
 
             let sc = at(container, "securityContext");
-            assert_eq!(at(sc, "runAsNonRoot").as_bool(), Some(true), "{what}: runAsNonRoot must be true");
-            assert_eq!(at(sc, "readOnlyRootFilesystem").as_bool(), Some(true), "{what}: readOnlyRootFilesystem");
-            assert_eq!(at(sc, "allowPrivilegeEscalation").as_bool(), Some(false), "{what}: allowPrivilegeEscalation");
-            assert_eq!(at(sc, "runAsUser").as_u64(), Some(10001), "{what}: runAsUser must be 10001");
+            assert_eq!(
+                at(sc, "runAsNonRoot").as_bool(),
+                Some(true),
+                "{what}: runAsNonRoot must be true"
+            );
+            assert_eq!(
+                at(sc, "readOnlyRootFilesystem").as_bool(),
+                Some(true),
+                "{what}: readOnlyRootFilesystem"
+            );
+            assert_eq!(
+                at(sc, "allowPrivilegeEscalation").as_bool(),
+                Some(false),
+                "{what}: allowPrivilegeEscalation"
+            );
+            assert_eq!(
+                at(sc, "runAsUser").as_u64(),
+                Some(10001),
+                "{what}: runAsUser must be 10001"
+            );
             assert!(
-                seq_at(sc, "capabilities.drop").iter().any(|c| c.as_str() == Some("ALL")),
+                seq_at(sc, "capabilities.drop")
+                    .iter()
+                    .any(|c| c.as_str() == Some("ALL")),
                 "{what}: capabilities must drop ALL"
             );
-            let seccomp = str_at(sc, "seccompProfile.type").or_else(|| str_at(pod_spec, "securityContext.seccompProfile.type"));
-            assert_eq!(seccomp, Some("RuntimeDefault"), "{what}: seccompProfile must be RuntimeDefault");
+            let seccomp =
+                str_at(sc, "seccompProfile.type").or_else(|| str_at(pod_spec, "securityContext.seccompProfile.type"));
+            assert_eq!(
+                seccomp,
+                Some("RuntimeDefault"),
+                "{what}: seccompProfile must be RuntimeDefault"
+            );
         }
 
         // The main container: the right binary, its config file mounted, its ports.
@@ -523,24 +630,45 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
                 .and_then(toml::Value::as_str)
                 .map(str::to_owned)
         };
-        assert_eq!(listen("http"), Some(format!("0.0.0.0:{http_port}")), "k8s/{dir}: {name} http.listen");
-        assert_eq!(listen("grpc"), Some(format!("0.0.0.0:{grpc_port}")), "k8s/{dir}: {name} grpc.listen");
+        assert_eq!(
+            listen("http"),
+            Some(format!("0.0.0.0:{http_port}")),
+            "k8s/{dir}: {name} http.listen"
+        );
+        assert_eq!(
+            listen("grpc"),
+            Some(format!("0.0.0.0:{grpc_port}")),
+            "k8s/{dir}: {name} grpc.listen"
+        );
 
         let ports: BTreeMap<&str, u64> = seq_at(main, "ports")
             .iter()
             .filter_map(|p| Some((str_at(p, "name")?, at(p, "containerPort").as_u64()?)))
             .collect();
-        assert_eq!(ports.get("http"), Some(&u64::from(http_port)), "k8s/{dir}: {name} http containerPort");
-        assert_eq!(ports.get("grpc"), Some(&u64::from(grpc_port)), "k8s/{dir}: {name} grpc containerPort");
+        assert_eq!(
+            ports.get("http"),
+            Some(&u64::from(http_port)),
+            "k8s/{dir}: {name} http containerPort"
+        );
+        assert_eq!(
+            ports.get("grpc"),
+            Some(&u64::from(grpc_port)),
+            "k8s/{dir}: {name} grpc containerPort"
+        );
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             let port = at(main, &format!("{probe}.httpGet.port"));
             let ok = port.as_str() == Some("http") || port.as_u64() == Some(u64::from(http_port));
-            assert!(ok, "k8s/{dir}: {name} {probe} must probe the http port, probes {port:?}");
+            assert!(
+                ok,
+                "k8s/{dir}: {name} {probe} must probe the http port, probes {port:?}"
+            );
         }
 
         // Read-only root: /tmp must be writable.
         assert!(
-            seq_at(main, "volumeMounts").iter().any(|m| str_at(m, "mountPath") == Some("/tmp")),
+            seq_at(main, "volumeMounts")
+                .iter()
+                .any(|m| str_at(m, "mountPath") == Some("/tmp")),
             "k8s/{dir}: {name} has a read-only root filesystem but no writable /tmp"
         );
 
@@ -557,7 +685,10 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
         // References resolve: every ConfigMap exists (kustomize rewrote the hashed
         // names), every Secret is one of the documented ones and is not committed.
         for cm in referenced_config_maps(pod_spec) {
-            assert!(config_maps.contains(cm.as_str()), "k8s/{dir}: {name} refers to missing ConfigMap `{cm}`");
+            assert!(
+                config_maps.contains(cm.as_str()),
+                "k8s/{dir}: {name} refers to missing ConfigMap `{cm}`"
+            );
         }
         for secret in referenced_secrets(pod_spec) {
             assert!(
@@ -580,12 +711,24 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
             .iter()
             .filter_map(|p| Some((str_at(p, "name")?, at(p, "port").as_u64()?)))
             .collect();
-        assert_eq!(service_ports.get("http"), Some(&u64::from(http_port)), "k8s/{dir}: Service {name} http");
-        assert_eq!(service_ports.get("grpc"), Some(&u64::from(grpc_port)), "k8s/{dir}: Service {name} grpc");
+        assert_eq!(
+            service_ports.get("http"),
+            Some(&u64::from(http_port)),
+            "k8s/{dir}: Service {name} http"
+        );
+        assert_eq!(
+            service_ports.get("grpc"),
+            Some(&u64::from(grpc_port)),
+            "k8s/{dir}: Service {name} grpc"
+        );
 
         // PDB: one per service, selecting its pods.
         let pdb = expect(&docs, "PodDisruptionBudget", name, dir);
-        assert_eq!(str_at(pdb, "apiVersion"), Some("policy/v1"), "k8s/{dir}: PDB {name} apiVersion");
+        assert_eq!(
+            str_at(pdb, "apiVersion"),
+            Some("policy/v1"),
+            "k8s/{dir}: PDB {name} apiVersion"
+        );
         assert!(
             selects(at(pdb, "spec.selector.matchLabels"), pod_labels),
             "k8s/{dir}: PDB {name} does not select the {name} pods"
@@ -598,10 +741,25 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
         // HPA for the autoscaled services, and then no fixed replica count.
         if AUTOSCALED.contains(&name) {
             let hpa = expect(&docs, "HorizontalPodAutoscaler", name, dir);
-            assert_eq!(str_at(hpa, "apiVersion"), Some("autoscaling/v2"), "k8s/{dir}: HPA {name} apiVersion");
-            assert_eq!(str_at(hpa, "spec.scaleTargetRef.kind"), Some("Deployment"), "k8s/{dir}: HPA {name} target");
-            assert_eq!(str_at(hpa, "spec.scaleTargetRef.name"), Some(name), "k8s/{dir}: HPA {name} target");
-            let (min, max) = (at(hpa, "spec.minReplicas").as_u64(), at(hpa, "spec.maxReplicas").as_u64());
+            assert_eq!(
+                str_at(hpa, "apiVersion"),
+                Some("autoscaling/v2"),
+                "k8s/{dir}: HPA {name} apiVersion"
+            );
+            assert_eq!(
+                str_at(hpa, "spec.scaleTargetRef.kind"),
+                Some("Deployment"),
+                "k8s/{dir}: HPA {name} target"
+            );
+            assert_eq!(
+                str_at(hpa, "spec.scaleTargetRef.name"),
+                Some(name),
+                "k8s/{dir}: HPA {name} target"
+            );
+            let (min, max) = (
+                at(hpa, "spec.minReplicas").as_u64(),
+                at(hpa, "spec.maxReplicas").as_u64(),
+            );
             assert!(
                 matches!((min, max), (Some(min), Some(max)) if min >= 1 && min <= max),
                 "k8s/{dir}: HPA {name} has a bad range {min:?}..{max:?}"
@@ -646,10 +804,13 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
             "k8s/{dir}: {name} SB_AUTH__JWT_SECRET must come from Secret switchboard-auth key jwt-secret"
         );
     }
-    let ami_secret_optional = seq_at(main_container("ami-bridge"), "envFrom")
-        .iter()
-        .any(|f| str_at(f, "secretRef.name") == Some("switchboard-ami") && at(f, "secretRef.optional").as_bool() == Some(true));
-    assert!(ami_secret_optional, "k8s/{dir}: ami-bridge must load Secret switchboard-ami with optional: true");
+    let ami_secret_optional = seq_at(main_container("ami-bridge"), "envFrom").iter().any(|f| {
+        str_at(f, "secretRef.name") == Some("switchboard-ami") && at(f, "secretRef.optional").as_bool() == Some(true)
+    });
+    assert!(
+        ami_secret_optional,
+        "k8s/{dir}: ami-bridge must load Secret switchboard-ami with optional: true"
+    );
 
     let hook_runner = main_container("hook-runner");
     let rules_dir = container_env(hook_runner)
@@ -667,7 +828,10 @@ fn check_kustomization(dir: &str) -> Vec<Value> {
     let chat_store_mounts_data = seq_at(main_container("chat-store"), "volumeMounts")
         .iter()
         .any(|m| str_at(m, "mountPath") == Some("/var/lib/switchboard"));
-    assert!(chat_store_mounts_data, "k8s/{dir}: chat-store needs a writable /var/lib/switchboard");
+    assert!(
+        chat_store_mounts_data,
+        "k8s/{dir}: chat-store needs a writable /var/lib/switchboard"
+    );
 
     docs
 }
@@ -695,7 +859,11 @@ fn memory_limit_of(docs: &[Value], name: &str) -> u64 {
 fn k8s_base_is_complete() {
     let docs = check_kustomization("base");
     for name in BRIDGES {
-        assert_eq!(replicas_of(&docs, name), Some(2), "k8s/base: {name} runs active + standby");
+        assert_eq!(
+            replicas_of(&docs, name),
+            Some(2),
+            "k8s/base: {name} runs active + standby"
+        );
     }
 }
 
@@ -703,16 +871,31 @@ fn k8s_base_is_complete() {
 fn k8s_dev_overlay_is_complete_and_small() {
     let docs = check_kustomization("overlays/dev");
     for (name, ..) in SERVICES {
-        assert!(image_of(&docs, name).ends_with(":dev"), "k8s/overlays/dev: {name} must use the `dev` tag");
+        assert!(
+            image_of(&docs, name).ends_with(":dev"),
+            "k8s/overlays/dev: {name} must use the `dev` tag"
+        );
         if AUTOSCALED.contains(&name) {
             let hpa = find(&docs, "HorizontalPodAutoscaler", name).expect("checked");
-            assert_eq!(at(hpa, "spec.minReplicas").as_u64(), Some(1), "k8s/overlays/dev: HPA {name} minReplicas");
+            assert_eq!(
+                at(hpa, "spec.minReplicas").as_u64(),
+                Some(1),
+                "k8s/overlays/dev: HPA {name} minReplicas"
+            );
         } else {
-            assert_eq!(replicas_of(&docs, name), Some(1), "k8s/overlays/dev: {name} must run one replica");
+            assert_eq!(
+                replicas_of(&docs, name),
+                Some(1),
+                "k8s/overlays/dev: {name} must run one replica"
+            );
         }
     }
     let env = switchboard_env(&docs, "overlays/dev");
-    assert_eq!(env.get("SB_LOG__FORMAT").map(String::as_str), Some("pretty"), "k8s/overlays/dev: log format");
+    assert_eq!(
+        env.get("SB_LOG__FORMAT").map(String::as_str),
+        Some("pretty"),
+        "k8s/overlays/dev: log format"
+    );
 }
 
 #[test]
@@ -732,17 +915,30 @@ fn k8s_prod_overlay_is_complete_pinned_and_spread() {
         );
     }
     for name in BRIDGES {
-        assert_eq!(replicas_of(&docs, name), Some(2), "k8s/overlays/prod: {name} runs active + standby");
+        assert_eq!(
+            replicas_of(&docs, name),
+            Some(2),
+            "k8s/overlays/prod: {name} runs active + standby"
+        );
     }
     let chat_store = replicas_of(&docs, "chat-store").unwrap_or(0);
-    assert!(chat_store >= 2, "k8s/overlays/prod: chat-store needs at least 2 replicas, has {chat_store}");
+    assert!(
+        chat_store >= 2,
+        "k8s/overlays/prod: chat-store needs at least 2 replicas, has {chat_store}"
+    );
     for name in AUTOSCALED {
         let hpa = find(&docs, "HorizontalPodAutoscaler", name).expect("checked");
         let min = at(hpa, "spec.minReplicas").as_u64().unwrap_or(0);
-        assert!(min >= 2, "k8s/overlays/prod: HPA {name} minReplicas must be >= 2, is {min}");
+        assert!(
+            min >= 2,
+            "k8s/overlays/prod: HPA {name} minReplicas must be >= 2, is {min}"
+        );
     }
 
-    let ws_push = at(find(&docs, "Deployment", "ws-push").expect("checked"), "spec.template.spec");
+    let ws_push = at(
+        find(&docs, "Deployment", "ws-push").expect("checked"),
+        "spec.template.spec",
+    );
     let spread = seq_at(ws_push, "topologySpreadConstraints");
     let anti_affinity = at(ws_push, "affinity.podAntiAffinity");
     assert!(
@@ -753,11 +949,19 @@ fn k8s_prod_overlay_is_complete_pinned_and_spread() {
         let selected = at(constraint, "labelSelector.matchLabels")
             .get("app.kubernetes.io/name")
             .and_then(Value::as_str);
-        assert_eq!(selected, Some("ws-push"), "k8s/overlays/prod: ws-push spread constraint must select ws-push pods");
+        assert_eq!(
+            selected,
+            Some("ws-push"),
+            "k8s/overlays/prod: ws-push spread constraint must select ws-push pods"
+        );
     }
 
     let env = switchboard_env(&docs, "overlays/prod");
-    assert_eq!(env.get("SB_LOG__FORMAT").map(String::as_str), Some("json"), "k8s/overlays/prod: log format");
+    assert_eq!(
+        env.get("SB_LOG__FORMAT").map(String::as_str),
+        Some("json"),
+        "k8s/overlays/prod: log format"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -770,9 +974,21 @@ fn nats_helm_values_enable_jetstream_on_three_nodes() {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let values = parse_yaml(&text, "k8s/nats/values.yaml");
 
-    assert_eq!(at(&values, "config.jetstream.enabled").as_bool(), Some(true), "JetStream must be enabled");
-    assert_eq!(at(&values, "config.cluster.enabled").as_bool(), Some(true), "clustering must be enabled");
-    assert_eq!(at(&values, "config.cluster.replicas").as_u64(), Some(3), "the NATS cluster must have 3 nodes");
+    assert_eq!(
+        at(&values, "config.jetstream.enabled").as_bool(),
+        Some(true),
+        "JetStream must be enabled"
+    );
+    assert_eq!(
+        at(&values, "config.cluster.enabled").as_bool(),
+        Some(true),
+        "clustering must be enabled"
+    );
+    assert_eq!(
+        at(&values, "config.cluster.replicas").as_u64(),
+        Some(3),
+        "the NATS cluster must have 3 nodes"
+    );
     assert_eq!(
         at(&values, "config.jetstream.fileStore.pvc.enabled").as_bool(),
         Some(true),
@@ -783,7 +999,9 @@ fn nats_helm_values_enable_jetstream_on_three_nodes() {
         "JetStream PVC needs a size"
     );
     let tag = str_at(&values, "container.image.tag").unwrap_or("");
-    let mut parts = tag.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = tag
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     assert!(version >= (2, 10), "NATS image tag must be >= 2.10, got {tag:?}");
     for resource in ["requests.cpu", "requests.memory", "limits.cpu", "limits.memory"] {
@@ -811,9 +1029,16 @@ fn dockerfile_builds_every_binary_into_a_non_root_slim_image() {
         .collect();
     let froms: Vec<&String> = instructions.iter().filter(|l| l.starts_with("FROM ")).collect();
     assert!(froms.len() >= 2, "Dockerfile must be multi-stage, has {froms:?}");
-    assert!(froms[0].contains("rust:"), "the build stage must use the rust image: {}", froms[0]);
+    assert!(
+        froms[0].contains("rust:"),
+        "the build stage must use the rust image: {}",
+        froms[0]
+    );
     let last = froms.last().expect("non-empty");
-    assert!(last.contains("debian:") && last.contains("-slim"), "the final stage must be debian slim: {last}");
+    assert!(
+        last.contains("debian:") && last.contains("-slim"),
+        "the final stage must be debian slim: {last}"
+    );
 
     let build = instructions
         .iter()
@@ -822,16 +1047,34 @@ fn dockerfile_builds_every_binary_into_a_non_root_slim_image() {
     for flag in ["--release", "--locked", "--workspace", "--bins", "--mount=type=cache"] {
         assert!(build.contains(flag), "the cargo build step must use {flag}: {build}");
     }
-    for binary in ["ami-bridge", "im-bridge", "ws-push", "chat-store", "hook-runner", "switchboard"] {
-        assert!(build.contains(binary), "the build step must collect the `{binary}` binary");
+    for binary in [
+        "ami-bridge",
+        "im-bridge",
+        "ws-push",
+        "chat-store",
+        "hook-runner",
+        "switchboard",
+    ] {
+        assert!(
+            build.contains(binary),
+            "the build step must collect the `{binary}` binary"
+        );
     }
 
     // Runtime stage: after the last FROM.
-    let last_from = instructions.iter().rposition(|l| l.starts_with("FROM ")).expect("has FROM");
+    let last_from = instructions
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("has FROM");
     let runtime = &instructions[last_from..];
-    assert!(runtime.iter().any(|l| l.contains("ca-certificates")), "runtime image needs ca-certificates");
     assert!(
-        runtime.iter().any(|l| l.contains("useradd") && l.contains("10001") && l.contains("switchboard")),
+        runtime.iter().any(|l| l.contains("ca-certificates")),
+        "runtime image needs ca-certificates"
+    );
+    assert!(
+        runtime
+            .iter()
+            .any(|l| l.contains("useradd") && l.contains("10001") && l.contains("switchboard")),
         "runtime image must create user switchboard with uid 10001"
     );
     assert!(
@@ -843,7 +1086,9 @@ fn dockerfile_builds_every_binary_into_a_non_root_slim_image() {
         "runtime WORKDIR must be /var/lib/switchboard"
     );
     assert!(
-        runtime.iter().any(|l| l.starts_with("COPY --from=") && l.contains("/usr/local/bin")),
+        runtime
+            .iter()
+            .any(|l| l.starts_with("COPY --from=") && l.contains("/usr/local/bin")),
         "the binaries must be copied to /usr/local/bin"
     );
     assert!(

@@ -18,11 +18,16 @@ fn every_subject_in_code_is_in_docs_subjects_md() {
         .filter(|info| {
             let pattern = format!("`{}`", info.pattern);
             let first_payload = info.payload.split(" / ").next().unwrap_or(info.payload);
-            !rows.iter().any(|row| row.contains(&pattern) && row.contains(first_payload))
+            !rows
+                .iter()
+                .any(|row| row.contains(&pattern) && row.contains(first_payload))
         })
         .map(|info| format!("{} ({})", info.pattern, info.payload))
         .collect();
-    assert!(missing.is_empty(), "docs/subjects.md lacks a row naming these subjects with their payloads: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "docs/subjects.md lacks a row naming these subjects with their payloads: {missing:#?}"
+    );
     assert!(switchboard_bus::CATALOGUE.len() >= 20, "the catalogue lost entries");
 }
 
@@ -30,7 +35,16 @@ fn every_subject_in_code_is_in_docs_subjects_md() {
 fn readme_names_the_two_commands_ci_runs() {
     let readme = repo_file("README.md");
     let ci = repo_file(".ci/run");
-    assert!(readme.contains("scripts/up.sh"), "README must give the one command that runs the stack");
-    assert!(readme.contains("scripts/test.sh"), "README must give the one command that runs every test");
-    assert!(ci.contains("scripts/test.sh"), ".ci/run must run the README's test command");
+    assert!(
+        readme.contains("scripts/up.sh"),
+        "README must give the one command that runs the stack"
+    );
+    assert!(
+        readme.contains("scripts/test.sh"),
+        "README must give the one command that runs every test"
+    );
+    assert!(
+        ci.contains("scripts/test.sh"),
+        ".ci/run must run the README's test command"
+    );
 }

@@ -35,11 +35,11 @@ pub fn inject_current(headers: &mut HeaderMap) {
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.
 pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    if let Some(headers) = headers {
-        if headers.get("traceparent").is_some() {
-            let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-            let _ = span.set_parent(context);
-        }
+    if let Some(headers) = headers
+        && headers.get("traceparent").is_some()
+    {
+        let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let _ = span.set_parent(context);
     }
 }
 

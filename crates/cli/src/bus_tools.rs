@@ -81,7 +81,9 @@ pub struct ReqArgs {
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let value: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 5s or 500ms"))?;
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 5s or 500ms"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(value)),
         "s" | "" => Ok(Duration::from_secs(value)),
@@ -147,7 +149,10 @@ fn render_message(message: &async_nats::Message, json: bool) -> String {
     match &event {
         Some(event) => {
             let time = event.time.and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default();
-            line.push_str(&format!("\n  type={} source={} id={} time={time}", event.ty, event.source, event.id));
+            line.push_str(&format!(
+                "\n  type={} source={} id={} time={time}",
+                event.ty, event.source, event.id
+            ));
             if let Some(subject) = &event.subject {
                 line.push_str(&format!(" subject={subject}"));
             }
@@ -168,7 +173,10 @@ pub async fn publish(args: PubArgs) -> anyhow::Result<ExitCode> {
         args.subject.starts_with(&format!("{prefix}.evt.")) || args.subject.starts_with(&format!("{prefix}.push."));
     if stored {
         let ack = bus.publish(args.subject.clone(), &event).await?;
-        println!("published {} to {} as {} #{}", event.id, args.subject, ack.stream, ack.sequence);
+        println!(
+            "published {} to {} as {} #{}",
+            event.id, args.subject, ack.stream, ack.sequence
+        );
     } else {
         bus.publish_ephemeral(args.subject.clone(), &event).await?;
         bus.client().flush().await?;
@@ -182,7 +190,11 @@ pub async fn request(args: ReqArgs) -> anyhow::Result<ExitCode> {
     let bus = args.connect.bus().await?;
     let body = read_json_arg(&args.data)?;
     let reply = bus
-        .request_raw(&args.subject, Bytes::from(serde_json::to_vec(&body)?), Some(args.timeout))
+        .request_raw(
+            &args.subject,
+            Bytes::from(serde_json::to_vec(&body)?),
+            Some(args.timeout),
+        )
         .await?;
     let status = reply
         .headers
@@ -208,7 +220,11 @@ pub async fn streams(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     while let Some(info) = list.next().await {
         let info = info?;
-        let kind = if info.config.name.starts_with("KV_") { "kv" } else { "stream" };
+        let kind = if info.config.name.starts_with("KV_") {
+            "kv"
+        } else {
+            "stream"
+        };
         rows.push([
             kind.to_owned(),
             info.config.name.clone(),
@@ -221,7 +237,16 @@ pub async fn streams(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     rows.sort();
-    let header = ["kind", "name", "subjects", "messages", "bytes", "sequences", "consumers", "max_age"];
+    let header = [
+        "kind",
+        "name",
+        "subjects",
+        "messages",
+        "bytes",
+        "sequences",
+        "consumers",
+        "max_age",
+    ];
     print_table(&header, &rows);
     Ok(ExitCode::SUCCESS)
 }

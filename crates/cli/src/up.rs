@@ -99,7 +99,9 @@ impl LocalNats {
             .context("nats-server is not installed: run scripts/install-deps.sh, or pass --nats-url")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            bail!("port {port} is already in use: stop what runs there, pass --nats-port, or use it with --nats-url nats://127.0.0.1:{port}");
+            bail!(
+                "port {port} is already in use: stop what runs there, pass --nats-port, or use it with --nats-url nats://127.0.0.1:{port}"
+            );
         }
         let store = data_dir.join("nats");
         let log = data_dir.join("nats.log");
@@ -115,9 +117,17 @@ impl LocalNats {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         if !wait_for_tcp(addr, Duration::from_secs(10)).await {
-            bail!("nats-server did not listen on {addr} within 10 s; see {}", log.display());
+            bail!(
+                "nats-server did not listen on {addr} within 10 s; see {}",
+                log.display()
+            );
         }
-        say(&format!("nats-server {} started on nats://{addr} (store {}, log {})", binary.display(), store.display(), log.display()));
+        say(&format!(
+            "nats-server {} started on nats://{addr} (store {}, log {})",
+            binary.display(),
+            store.display(),
+            log.display()
+        ));
         Ok((Self { child }, format!("nats://{addr}")))
     }
 
@@ -125,7 +135,10 @@ impl LocalNats {
         if let Some(pid) = self.child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }
@@ -145,14 +158,24 @@ struct Supervised {
 fn http_addr_from(config: Option<&Path>, default_port: u16) -> SocketAddr {
     let default = SocketAddr::from(([127, 0, 0, 1], default_port));
     let Some(path) = config else { return default };
-    let Ok(text) = std::fs::read_to_string(path) else { return default };
-    let Ok(table) = text.parse::<toml::Table>() else { return default };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return default;
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return default;
+    };
     table
         .get("http")
         .and_then(|http| http.get("listen"))
         .and_then(|listen| listen.as_str())
         .and_then(|listen| listen.parse::<SocketAddr>().ok())
-        .map(|addr| if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr })
+        .map(|addr| {
+            if addr.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            }
+        })
         .unwrap_or(default)
 }
 
@@ -163,7 +186,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.canonicalize()?;
     let bin_dir = match &args.bin_dir {
         Some(dir) => dir.clone(),
-        None => std::env::current_exe()?.parent().map(Path::to_path_buf).context("locating the binaries")?,
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("locating the binaries")?,
     };
 
     let (local_nats, nats_url) = match &args.nats_url {
@@ -174,7 +200,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     // Checks the version and JetStream, and creates the shared streams once.
-    let config = NatsConfig { url: nats_url.clone(), ..Default::default() };
+    let config = NatsConfig {
+        url: nats_url.clone(),
+        ..Default::default()
+    };
     let bus = Bus::connect(&config, "switchboard-up").await?;
     bus.provision_streams().await?;
     drop(bus);
@@ -186,9 +215,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         let binary = bin_dir.join(name);
         if !binary.is_file() {
-            bail!("{} not found; build it first: cargo build --bins (or pass --bin-dir)", binary.display());
+            bail!(
+                "{} not found; build it first: cargo build --bins (or pass --bin-dir)",
+                binary.display()
+            );
         }
-        let config = args.config_dir.as_ref().map(|dir| dir.join(format!("{name}.toml"))).filter(|p| p.is_file());
+        let config = args
+            .config_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{name}.toml")))
+            .filter(|p| p.is_file());
         let workdir = data_dir.join(name);
         std::fs::create_dir_all(&workdir)?;
         supervised.push(Supervised {
@@ -249,7 +285,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         say("nats-server stopped");
     }
     say("stopped");
-    Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn supervise(
@@ -295,10 +335,10 @@ async fn supervise(
             let url = format!("http://{}/readyz", service.http);
             let client = reqwest::Client::new();
             loop {
-                if let Ok(response) = client.get(&url).timeout(Duration::from_secs(1)).send().await {
-                    if response.status().is_success() {
-                        return;
-                    }
+                if let Ok(response) = client.get(&url).timeout(Duration::from_secs(1)).send().await
+                    && response.status().is_success()
+                {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -333,7 +373,14 @@ async fn supervise(
                     backoff = Duration::from_millis(500);
                 }
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                say(&paint("31", &format!("{} exited ({status}); restarting in {:.1}s", service.name, backoff.as_secs_f64())));
+                say(&paint(
+                    "31",
+                    &format!(
+                        "{} exited ({status}); restarting in {:.1}s",
+                        service.name,
+                        backoff.as_secs_f64()
+                    ),
+                ));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return,

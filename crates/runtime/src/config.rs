@@ -56,7 +56,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: LogFormat::Pretty,
-            level: "info".to_owned(),
+            level: "info,async_nats=warn".to_owned(),
         }
     }
 }

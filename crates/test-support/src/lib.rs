@@ -4,6 +4,8 @@
 //! free loopback port and a temporary store dir, and stops it on `Drop`, like the
 //! nats.rs test suite does. Tests never touch the system NATS on 4222.
 
+pub mod binary;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -115,11 +117,11 @@ impl NatsServer {
         let waited = Duration::from_secs(10);
         let deadline = Instant::now() + waited;
         while Instant::now() < deadline {
-            if let Some(found) = read_client_port(&ports_dir, pid) {
-                if wait_for_port(SocketAddr::from(([127, 0, 0, 1], found)), Duration::from_secs(5)) {
-                    self.port = found;
-                    return Ok(());
-                }
+            if let Some(found) = read_client_port(&ports_dir, pid)
+                && wait_for_port(SocketAddr::from(([127, 0, 0, 1], found)), Duration::from_secs(5))
+            {
+                self.port = found;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,0 +1,96 @@
+//! Checks every service binary passes: bad config is refused with one clear line
+//! naming the file and the key, and exit code 2; an unreachable NATS is a clear
+//! error and a non-zero exit, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(exe: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(exe);
+    command.args(args).env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+        .output()
+        .unwrap_or_else(|error| panic!("running {exe}: {error}"))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn assert_refused(exe: &str, config: &Path, must_name: &[&str]) {
+    let output = run(exe, &["--config", &config.display().to_string()], &[]);
+    let text = stderr(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{exe} --config {}: want exit 2, stderr: {text}",
+        config.display()
+    );
+    for needle in must_name {
+        assert!(
+            text.contains(needle),
+            "{exe}: the error should name {needle:?}; it said: {text}"
+        );
+    }
+    assert!(!text.contains("panicked"), "{exe} panicked: {text}");
+}
+
+/// Runs the service binary `exe` (from `env!("CARGO_BIN_EXE_<name>")`) against a
+/// missing file, malformed TOML, an unknown key, a bad value and a valid file with
+/// `--check-config`, and with an unreachable NATS.
+pub fn assert_config_handling(exe: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let missing = dir.path().join("missing.toml");
+    assert_refused(exe, &missing, &["missing.toml"]);
+
+    let malformed = dir.path().join("malformed.toml");
+    std::fs::write(&malformed, "[nats]\nurl = \"nats://x\n").expect("write");
+    assert_refused(exe, &malformed, &["malformed.toml", "line 2"]);
+
+    let unknown_section = dir.path().join("unknown-section.toml");
+    std::fs::write(&unknown_section, "bogus_section = 1\n").expect("write");
+    assert_refused(exe, &unknown_section, &["unknown-section.toml", "bogus_section"]);
+
+    let unknown_field = dir.path().join("unknown-field.toml");
+    std::fs::write(&unknown_field, "[nats]\nbogus_field = 1\n").expect("write");
+    assert_refused(exe, &unknown_field, &["unknown-field.toml", "nats.bogus_field"]);
+
+    let bad_value = dir.path().join("bad-value.toml");
+    std::fs::write(&bad_value, "[http]\nlisten = \"not an address\"\n").expect("write");
+    assert_refused(exe, &bad_value, &["bad-value.toml", "http.listen"]);
+
+    let valid = dir.path().join("valid.toml");
+    std::fs::write(&valid, "[nats]\nurl = \"nats://127.0.0.1:4999\"\n").expect("write");
+    let output = run(exe, &["--config", &valid.display().to_string(), "--check-config"], &[]);
+    assert!(
+        output.status.success(),
+        "{exe} --check-config on a valid file failed: {}",
+        stderr(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("nats://127.0.0.1:4999"),
+        "--check-config should print the resolved config"
+    );
+
+    // The env layer overrides the file, and an unreachable NATS is one clear line.
+    let dead = format!("nats://127.0.0.1:{}", crate::free_port());
+    let output = run(
+        exe,
+        &["--config", &valid.display().to_string()],
+        &[
+            ("SB_NATS__URL", dead.as_str()),
+            ("SB_NATS__CONNECT_TIMEOUT", "1s"),
+            ("SB_HTTP__LISTEN", "127.0.0.1:0"),
+            ("SB_GRPC__LISTEN", "127.0.0.1:0"),
+            ("SB_LOG__FORMAT", "json"),
+        ],
+    );
+    let text = format!("{}{}", stderr(&output), String::from_utf8_lossy(&output.stdout));
+    assert!(!output.status.success(), "{exe} should fail without NATS");
+    assert!(text.contains(&dead), "the NATS error should name {dead}: {text}");
+    assert!(!text.contains("panicked"), "{exe} panicked: {text}");
+}
