@@ -52,7 +52,7 @@ impl Default for Config {
 
 /// `[auth]`: JWT verification (HS256 secret and/or a JWKS file for RS256/ES256), or a
 /// site callback.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Shared secret for HS256 tokens (`SB_AUTH__JWT_SECRET`; the same one chat-store uses).
@@ -69,6 +69,28 @@ pub struct AuthConfig {
     /// How long the callback may take.
     #[serde(with = "humantime_serde")]
     pub callback_timeout: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            callback_url: None,
+            callback_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// True when at least one way to accept a token is configured.
+    pub fn any(&self) -> bool {
+        self.jwt_secret.as_ref().is_some_and(|s| !s.is_empty())
+            || self.jwks_file.is_some()
+            || self.callback_url.is_some()
+    }
 }
 
 /// `[ws]`: per-connection limits.
@@ -186,12 +208,6 @@ impl Validate for Config {
             return Err("node must contain only [A-Za-z0-9-]".into());
         }
         let auth = &self.auth;
-        if auth.jwt_secret.as_ref().is_none_or(Secret::is_empty)
-            && auth.jwks_file.is_none()
-            && auth.callback_url.is_none()
-        {
-            return Err("auth: set auth.jwt_secret, auth.jwks_file or auth.callback_url".into());
-        }
         if auth.callback_url.is_some() && auth.callback_timeout.is_zero() {
             return Err("auth.callback_timeout must be more than 0".into());
         }
@@ -257,10 +273,11 @@ mod tests {
     }
 
     #[test]
-    fn default_needs_an_auth_method() {
-        let error = Config::default().validate().unwrap_err();
-        assert!(error.contains("auth"), "{error}");
+    fn defaults_are_valid_and_auth_is_detected() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert!(!Config::default().auth.any());
         assert_eq!(valid().validate(), Ok(()));
+        assert!(valid().auth.any());
     }
 
     #[test]

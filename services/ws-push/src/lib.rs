@@ -71,6 +71,11 @@ impl App {
         use switchboard_runtime::Validate;
         config.validate().map_err(Error::Config)?;
         let verifier = auth::Verifier::new(&config.auth)?;
+        if !config.auth.any() {
+            tracing::warn!(
+                "no auth.jwt_secret, auth.jwks_file or auth.callback_url: every browser connection will be refused"
+            );
+        }
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         let bus = base.bus.clone();
         let name = node_name(&config.node);
