@@ -50,6 +50,7 @@ pub async fn upgrade(
         Err(e) => return (StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response(),
     };
     let frame = ws_config.max_frame_bytes;
+    let burst = f64::from(node.config.inbound.burst.max(1));
     ws.read_buffer_size(ws_config.read_buffer_bytes)
         .write_buffer_size(ws_config.write_buffer_bytes)
         .max_frame_size(frame)
@@ -60,7 +61,7 @@ pub async fn upgrade(
                 socket,
                 _slot: slot,
                 subs: HashMap::new(),
-                tokens: 0.0,
+                tokens: burst,
                 refilled: Instant::now(),
             };
             connection.run(query.token).await;

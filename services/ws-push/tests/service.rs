@@ -319,3 +319,404 @@ async fn user_channel_and_all_pushes_arrive_in_order_with_offsets() {
     assert_eq!(next_json(&mut other).await["push"]["type"], "direct");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_are_checked_against_the_jwks_file() {
+    let nats = NatsServer::start().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut config = config(&nats.url());
+    config.auth.jwks_file = Some(fixtures.join("jwks.json"));
+    let app = Running::start(config).await;
+    let sign = |algorithm, kid: &str, pem: &str, user: &str| {
+        let pem = std::fs::read(fixtures.join(pem)).unwrap();
+        let key = match algorithm {
+            jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        let mut header = jsonwebtoken::Header::new(algorithm);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &json!({"sub": user, "exp": now() + 60}), &key).unwrap()
+    };
+    let (_ws, connected) = connect(
+        &app,
+        &sign(jsonwebtoken::Algorithm::ES256, "ec-1", "es256.pem", "ec-user"),
+    )
+    .await;
+    assert_eq!(connected["user"], "ec-user");
+    let (_ws, connected) = connect(
+        &app,
+        &sign(jsonwebtoken::Algorithm::RS256, "rsa-1", "rs256.pem", "rsa-user"),
+    )
+    .await;
+    assert_eq!(connected["user"], "rsa-user");
+    // A key id the JWKS does not have, and an RSA key under the EC key's id.
+    for token in [
+        sign(jsonwebtoken::Algorithm::ES256, "unknown", "es256.pem", "x"),
+        sign(jsonwebtoken::Algorithm::RS256, "ec-1", "rs256.pem", "x"),
+    ] {
+        let mut ws = open(&app.ws_url()).await;
+        send(&mut ws, json!({"type": "connect", "token": token})).await;
+        assert_eq!(close_code(&mut ws).await, Some(close::BAD_TOKEN));
+    }
+    app.shutdown().await;
+}
+
+// ---- presence and the site APIs ----
+
+async fn api_post(app: &Running, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let response = http()
+        .post(app.api(path))
+        .bearer_auth(API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+async fn api_get(app: &Running, path: &str) -> serde_json::Value {
+    let response = http()
+        .get(app.api(path))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+async fn presence_event(sub: &mut async_nats::Subscriber) -> switchboard_proto::push::v1::PresenceEvent {
+    let message = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a presence event")
+        .expect("subscription open");
+    serde_json::from_slice(&message.payload).expect("PresenceEvent JSON")
+}
+
+#[tokio::test]
+async fn presence_events_and_queries_over_http_grpc_nats_and_the_socket() {
+    use switchboard_proto::push::v1::push_service_client::PushServiceClient;
+    use switchboard_proto::push::v1::{ChannelPresenceRequest, ListOnlineRequest, PresenceReply, PresenceRequest};
+
+    let nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let bus = bus(&nats.url()).await;
+    let mut events = bus.client().subscribe("sb.evt.push.presence.>").await.unwrap();
+    bus.client().flush().await.unwrap();
+
+    let (mut tab1, _) = connect(&app, &token("alice")).await;
+    let online = presence_event(&mut events).await;
+    assert_eq!(
+        (online.user.as_str(), online.online, online.connections),
+        ("alice", true, 1)
+    );
+    let (tab2, _) = connect(&app, &token("alice")).await;
+    let (mut admin, _) = connect(&app, &admin_token("root")).await;
+    let root_online = presence_event(&mut events).await;
+    assert_eq!(
+        (root_online.user.as_str(), root_online.admin),
+        ("root", true),
+        "no event for alice's second tab"
+    );
+    send(&mut tab1, json!({"type": "subscribe", "channel": "news"})).await;
+    assert_eq!(next_json(&mut tab1).await["type"], "subscribed");
+
+    // HTTP: the seed's is_connected / connection count / has_connected_admin.
+    let reply = api_post(&app, "/api/v1/presence", json!({"users": ["alice", "nobody"]})).await;
+    assert_eq!(reply["users"][0]["online"], true);
+    assert_eq!(reply["users"][0]["connections"], 2);
+    assert_eq!(reply["users"][1]["user"], "nobody");
+    assert!(reply["users"][1].get("online").is_none_or(|o| o == false));
+    let page = api_get(&app, "/api/v1/online?page_size=1").await;
+    assert_eq!(page["users"][0]["user"], "alice");
+    assert_eq!(page["page"]["hasMore"], true);
+    let cursor = page["page"]["nextCursor"].as_str().unwrap().to_owned();
+    let page = api_get(&app, &format!("/api/v1/online?page_size=1&cursor={cursor}")).await;
+    assert_eq!(page["users"][0]["user"], "root");
+    assert!(page["page"].get("hasMore").is_none_or(|m| m == false));
+    let admins = api_get(&app, "/api/v1/online?admins_only=true").await;
+    assert_eq!(admins["users"].as_array().unwrap().len(), 1);
+    assert_eq!(admins["users"][0]["user"], "root");
+    let channel = api_get(&app, "/api/v1/channels/news/presence").await;
+    assert_eq!(channel["users"][0]["user"], "alice");
+    assert_eq!(channel["users"].as_array().unwrap().len(), 1);
+
+    // gRPC, with and without the key.
+    let channel_grpc = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = PushServiceClient::new(channel_grpc);
+    let mut request = tonic::Request::new(PresenceRequest {
+        users: vec!["alice".into()],
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {API_KEY}").parse().unwrap());
+    let reply = client.presence(request).await.unwrap().into_inner();
+    assert_eq!((reply.users[0].online, reply.users[0].connections), (true, 2));
+    let denied = client.list_online(ListOnlineRequest::default()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let mut request = tonic::Request::new(ChannelPresenceRequest { channel: "news".into() });
+    request.metadata_mut().insert("x-api-key", API_KEY.parse().unwrap());
+    assert_eq!(
+        client.channel_presence(request).await.unwrap().into_inner().users[0].user,
+        "alice"
+    );
+
+    // NATS command.
+    let reply: PresenceReply = bus
+        .request(
+            &bus.subjects().push_presence_query(),
+            &PresenceRequest {
+                users: vec!["root".into()],
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(reply.users[0].online && reply.users[0].admin);
+
+    // The socket: channel presence for a granted channel, users for admins only.
+    send(&mut tab1, json!({"type": "presence", "id": "p", "channel": "news"})).await;
+    let answer = next_json(&mut tab1).await;
+    assert_eq!(
+        (answer["id"].as_str(), answer["users"][0]["user"].as_str()),
+        (Some("p"), Some("alice"))
+    );
+    send(&mut tab1, json!({"type": "presence", "users": ["root"]})).await;
+    assert_eq!(next_json(&mut tab1).await["code"], "forbidden");
+    send(&mut admin, json!({"type": "presence", "users": ["alice", "ghost"]})).await;
+    let answer = next_json(&mut admin).await;
+    assert_eq!(answer["users"].as_array().unwrap().len(), 1);
+    assert_eq!(answer["users"][0]["connections"], 2);
+
+    // Last tab closes: offline.
+    drop(tab1);
+    drop(tab2);
+    let offline = presence_event(&mut events).await;
+    assert_eq!(
+        (offline.user.as_str(), offline.online, offline.connections),
+        ("alice", false, 0)
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn publish_and_disconnect_through_the_http_api() {
+    let nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let (mut alice, connected) = connect(&app, &token("alice")).await;
+
+    let reply = api_post(
+        &app,
+        "/api/v1/publish",
+        json!({"target": {"user": "alice"}, "push": {"type": "screen_pop", "data": {"caller": "+48 600"}}}),
+    )
+    .await;
+    assert_eq!(reply["online"], true);
+    assert_eq!(reply["connections"], 1);
+    assert_eq!(reply["epoch"], connected["epoch"]);
+    let offset: u64 = reply["offset"].as_str().unwrap().parse().unwrap();
+    let push = next_json(&mut alice).await;
+    assert_eq!(push["offset"], offset);
+    assert_eq!(push["push"]["type"], "screen_pop");
+    assert_eq!(push["push"]["data"]["caller"], "+48 600");
+
+    let batch = api_post(
+        &app,
+        "/api/v1/publish/batch",
+        json!({"items": [
+            {"target": {"user": "alice"}, "push": {"type": "a"}},
+            {"target": {"all": true}, "push": {"type": "b"}},
+            {"target": {"user": "offline-user"}, "push": {"type": "c"}},
+        ]}),
+    )
+    .await;
+    let items = batch["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(items[2].get("online").is_none_or(|o| o == false));
+    assert_eq!(next_json(&mut alice).await["push"]["type"], "a");
+    assert_eq!(next_json(&mut alice).await["push"]["type"], "b");
+
+    // Refusals: no key, bad bodies.
+    let client = http();
+    let no_key = client
+        .post(app.api("/api/v1/publish"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 401);
+    let wrong_key = client
+        .get(app.api("/api/v1/online"))
+        .bearer_auth("site-key-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_key.status(), 401);
+    for body in [
+        json!({"push": {"type": "x"}}),
+        json!({"target": {"channel": "bad channel"}, "push": {}}),
+        json!({"target": {"all": false}, "push": {}}),
+        json!({"target": {"user": "a"}}),
+        json!("not an object"),
+    ] {
+        let response = client
+            .post(app.api("/api/v1/publish"))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+    }
+
+    let reply = api_post(
+        &app,
+        "/api/v1/disconnect",
+        json!({"user": "alice", "reason": "bye\r\nX-Injected: 1"}),
+    )
+    .await;
+    assert_eq!(reply["connectionsClosed"], 1);
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(10), alice.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(frame.code), close::DISCONNECTED);
+    assert!(!frame.reason.as_str().contains('\n') && !frame.reason.as_str().contains('\r'));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let document: serde_json::Value = http()
+        .get(app.api("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = document["paths"].as_object().unwrap();
+    for (method, path) in ws_push::api::ROUTES {
+        assert!(
+            paths.get(*path).and_then(|p| p.get(*method)).is_some(),
+            "{method} {path} is not in openapi.json"
+        );
+        // Every route is really served (not 404/405).
+        let url = app.api(&path.replace("{channel}", "news"));
+        let response = match *method {
+            "get" => http().get(&url).send().await.unwrap(),
+            _ => http().post(&url).json(&json!({})).send().await.unwrap(),
+        };
+        assert!(
+            ![404, 405].contains(&response.status().as_u16()),
+            "{method} {path}: {}",
+            response.status()
+        );
+    }
+    let listed: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(
+        listed,
+        ws_push::api::ROUTES.len(),
+        "openapi.json lists routes the server does not serve"
+    );
+    // The static files.
+    let js = http().get(app.api("/client.js")).send().await.unwrap();
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(js.text().await.unwrap().contains("SwitchboardPush"));
+    let module = http()
+        .get(app.api("/client.mjs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(module.contains("export default SwitchboardPush"));
+    app.shutdown().await;
+}
+
+// ---- inbound ----
+
+#[tokio::test]
+async fn browsers_publish_on_granted_topics_within_size_and_rate() {
+    let nats = NatsServer::start().unwrap();
+    let mut config = config(&nats.url());
+    config.inbound.burst = 3;
+    config.inbound.rate_per_second = 0.5;
+    config.inbound.max_bytes = 256;
+    let app = Running::start(config).await;
+    let bus = bus(&nats.url()).await;
+    let mut inbound = bus.client().subscribe("sb.evt.push.inbound.>").await.unwrap();
+    bus.client().flush().await.unwrap();
+    let (mut ws, connected) = connect(&app, &admin_token("admin.1")).await;
+
+    send(
+        &mut ws,
+        json!({"type": "publish", "id": "c1", "topic": "command", "data": {"run": "uptime"}}),
+    )
+    .await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_str()),
+        (Some("published"), Some("c1"))
+    );
+    let message = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        message.subject.as_str(),
+        bus.subjects().push_inbound("admin.1", "command")
+    );
+    let event: switchboard_proto::push::v1::Inbound = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(
+        (event.user.as_str(), event.topic.as_str(), event.admin),
+        ("admin.1", "command", true)
+    );
+    assert_eq!(event.connection_id, connected["client"].as_str().unwrap());
+    let data = serde_json::to_value(event.data.unwrap()).unwrap();
+    assert_eq!(data["run"], "uptime");
+
+    send(
+        &mut ws,
+        json!({"type": "publish", "id": "big", "topic": "command", "data": "x".repeat(300)}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["code"], "too_large");
+    send(&mut ws, json!({"type": "publish", "topic": "bad topic"})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "invalid");
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        send(&mut ws, json!({"type": "publish", "topic": "command", "data": 1})).await;
+        codes.push(next_json(&mut ws).await["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        codes,
+        ["published", "published", "error", "error"],
+        "burst 3, one already used"
+    );
+
+    let (mut user, _) = connect(&app, &token("u1")).await;
+    send(&mut user, json!({"type": "publish", "topic": "admin.only"})).await;
+    assert_eq!(next_json(&mut user).await["code"], "forbidden");
+    app.shutdown().await;
+}
