@@ -720,3 +720,217 @@ async fn browsers_publish_on_granted_topics_within_size_and_rate() {
     assert_eq!(next_json(&mut user).await["code"], "forbidden");
     app.shutdown().await;
 }
+
+// ---- recovery ----
+
+/// Reads pushes until `want` user pushes and `want` channel pushes arrived or the
+/// socket ends; records (source, data) and the last offsets.
+async fn read_pushes(
+    ws: &mut Ws,
+    seen: &mut Vec<(String, u64)>,
+    offsets: &mut std::collections::HashMap<String, u64>,
+    stop_after: usize,
+) {
+    while seen.len() < stop_after {
+        let message = match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return,
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("no push within 20 s after {} ({offsets:?})", seen.len()),
+        };
+        if message["type"] != "push" {
+            continue;
+        }
+        let source = message["source"].as_str().unwrap().to_owned();
+        offsets.insert(source.clone(), message["offset"].as_u64().unwrap());
+        seen.push((source, message["push"]["data"].as_u64().unwrap()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_every_push_exactly_once_after_nats_and_the_server_restart() {
+    const TOTAL: u64 = 300;
+    let mut nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let (mut ws, connected) = connect(&app, &token("alice")).await;
+    let epoch = connected["epoch"].as_str().unwrap().to_owned();
+    let mut offsets = std::collections::HashMap::new();
+    offsets.insert("user".to_owned(), connected["offset"].as_u64().unwrap());
+    offsets.insert("all".to_owned(), connected["offset"].as_u64().unwrap());
+    send(&mut ws, json!({"type": "subscribe", "channel": "news"})).await;
+    let subscribed = next_json(&mut ws).await;
+    offsets.insert("channel:news".to_owned(), subscribed["offset"].as_u64().unwrap());
+
+    // A publisher that keeps going through the outage; fixed message ids make its
+    // retries exactly-once in the stream (JetStream de-duplication).
+    let publisher_bus = bus(&nats.url()).await;
+    let publisher = tokio::spawn(async move {
+        for i in 0..TOTAL {
+            for (kind, subject) in [
+                ("u", publisher_bus.subjects().push_user("alice")),
+                ("c", publisher_bus.subjects().push_channel("news")),
+            ] {
+                let event = publisher_bus
+                    .event(switchboard_bus::event_types::PUSH, &json!({"type": kind, "data": i}))
+                    .unwrap()
+                    .with_id(format!("{kind}-{i}"));
+                while publisher_bus.publish(subject.clone(), &event).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    let mut seen = Vec::new();
+    read_pushes(&mut ws, &mut seen, &mut offsets, 100).await;
+    // Mid-stream: the server goes away and NATS crashes and comes back.
+    app.shutdown().await;
+    tokio::task::block_in_place(|| nats.restart().unwrap());
+    read_pushes(&mut ws, &mut seen, &mut offsets, usize::MAX).await;
+    let before_restart = seen.len();
+
+    let app = Running::start(config(&nats.url())).await;
+    let mut ws = open(&app.ws_url()).await;
+    send(
+        &mut ws,
+        json!({"type": "connect", "token": token("alice"), "recover": {"epoch": epoch, "offsets": {"user": offsets["user"], "all": offsets["all"]}}}),
+    )
+    .await;
+    let connected = next_json(&mut ws).await;
+    assert_eq!(
+        connected["epoch"],
+        epoch.as_str(),
+        "the stream survived the NATS restart"
+    );
+    assert_eq!(connected["recovered"], true, "{connected}");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "channel": "news", "offset": offsets["channel:news"], "epoch": epoch}),
+    )
+    .await;
+    // Pushes of `user` may arrive before the `subscribed` reply: read_pushes skips it.
+    read_pushes(&mut ws, &mut seen, &mut offsets, (2 * TOTAL) as usize).await;
+    publisher.await.unwrap();
+    assert!(
+        before_restart >= 100 && before_restart < (2 * TOTAL) as usize,
+        "the outage was mid-stream ({before_restart})"
+    );
+
+    for (kind, source) in [("u", "user"), ("c", "channel:news")] {
+        let got: Vec<u64> = seen.iter().filter(|(s, _)| s == source).map(|(_, d)| *d).collect();
+        let want: Vec<u64> = (0..TOTAL).collect();
+        assert_eq!(got, want, "{kind}: every push exactly once, in order");
+    }
+    app.shutdown().await;
+}
+
+// ---- several nodes ----
+
+#[tokio::test]
+async fn two_nodes_share_delivery_and_presence() {
+    let nats = NatsServer::start().unwrap();
+    let a = Running::start(config(&nats.url())).await;
+    let b = Running::start(config(&nats.url())).await;
+    assert_ne!(a.node, b.node);
+    let (mut on_a, _) = connect(&a, &token("alice")).await;
+    let (mut also_on_b, _) = connect(&b, &token("alice")).await;
+    send(&mut also_on_b, json!({"type": "subscribe", "channel": "news"})).await;
+    assert_eq!(next_json(&mut also_on_b).await["type"], "subscribed");
+
+    // A push sent through B's API reaches alice's tab on A (and on B).
+    let reply = api_post(
+        &b,
+        "/api/v1/publish",
+        json!({"target": {"user": "alice"}, "push": {"type": "hello"}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut on_a).await["push"]["type"], "hello");
+    assert_eq!(next_json(&mut also_on_b).await["push"]["type"], "hello");
+    assert_eq!(reply["online"], true);
+
+    // Both nodes count both connections and see the channel member on B.
+    for node in [&a, &b] {
+        let count = eventually("both nodes to count two connections", || async {
+            let reply = api_post(node, "/api/v1/presence", json!({"users": ["alice"]})).await;
+            (reply["users"][0]["connections"] == 2).then_some(2)
+        })
+        .await;
+        assert_eq!(count, 2);
+        let channel = api_get(node, "/api/v1/channels/news/presence").await;
+        assert_eq!(channel["users"][0]["user"], "alice");
+    }
+
+    // A disconnect through A's API closes the tab on B too.
+    api_post(&a, "/api/v1/disconnect", json!({"user": "alice"})).await;
+    assert_eq!(close_code(&mut also_on_b).await, Some(close::DISCONNECTED));
+    assert_eq!(close_code(&mut on_a).await, Some(close::DISCONNECTED));
+    for node in [&a, &b] {
+        eventually("both nodes to see alice offline", || async {
+            let reply = api_post(node, "/api/v1/presence", json!({"users": ["alice"]})).await;
+            (reply["users"][0]["online"] != true).then_some(())
+        })
+        .await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_dead_nodes_users_go_offline_after_the_ttl() {
+    let nats = NatsServer::start().unwrap();
+    let a = Running::start(config(&nats.url())).await;
+    let bus = bus(&nats.url()).await;
+    let mut events = bus.client().subscribe("sb.evt.push.presence.>").await.unwrap();
+    bus.client().flush().await.unwrap();
+    // Node B is the real binary, so it can die the hard way (SIGKILL).
+    let port = switchboard_test_support::free_port();
+    let mut b = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ws-push"))
+            .env("SB_NATS__URL", nats.url())
+            .env("SB_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("SB_GRPC__LISTEN", "127.0.0.1:0")
+            .env("SB_AUTH__JWT_SECRET", SECRET)
+            .env("SB_PRESENCE__TTL", "3s")
+            .env("SB_PRESENCE__HEARTBEAT", "1s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut ws = eventually("node B to accept connections", || async {
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+    })
+    .await;
+    send(&mut ws, json!({"type": "connect", "token": token("carol")})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    assert!(presence_event(&mut events).await.online);
+    eventually("node A to see carol", || async {
+        let reply = api_post(&a, "/api/v1/presence", json!({"users": ["carol"]})).await;
+        (reply["users"][0]["online"] == true).then_some(())
+    })
+    .await;
+    b.0.kill().unwrap();
+    let _ = b.0.wait();
+    // Node A's sweep notices the stale entry and says so.
+    let offline = presence_event(&mut events).await;
+    assert_eq!((offline.user.as_str(), offline.online), ("carol", false));
+    let reply = api_post(&a, "/api/v1/presence", json!({"users": ["carol"]})).await;
+    assert_ne!(reply["users"][0]["online"], true);
+    a.shutdown().await;
+}
