@@ -934,3 +934,41 @@ async fn a_dead_nodes_users_go_offline_after_the_ttl() {
     assert_ne!(reply["users"][0]["online"], true);
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_site_callback_can_vouch_for_its_own_session_tokens() {
+    use axum::routing::post;
+    // The site: accepts one session id, refuses the rest, and fails for "down".
+    let site = axum::Router::new().route(
+        "/auth",
+        post(|axum::Json(body): axum::Json<serde_json::Value>| async move {
+            match body["token"].as_str() {
+                Some("session-abc") => (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"sub": "site-user-7", "admin": true, "channels": ["news"], "exp": now() + 60})),
+                ),
+                Some("down") => (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({}))),
+                _ => (axum::http::StatusCode::FORBIDDEN, axum::Json(json!({}))),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, site).await });
+
+    let nats = NatsServer::start().unwrap();
+    let mut config = config(&nats.url());
+    config.auth.callback_url = Some(format!("http://{site_addr}/auth"));
+    let app = Running::start(config).await;
+    let (_ws, connected) = connect(&app, "session-abc").await;
+    assert_eq!((connected["user"].as_str(), connected["admin"].as_bool()), (Some("site-user-7"), Some(true)));
+    // JWTs still work beside the callback.
+    let (_ws, connected) = connect(&app, &token("jwt-user")).await;
+    assert_eq!(connected["user"], "jwt-user");
+    for (session, code) in [("session-xyz", close::BAD_TOKEN), ("down", close::AUTH_UNAVAILABLE)] {
+        let mut ws = open(&app.ws_url()).await;
+        send(&mut ws, json!({"type": "connect", "token": session})).await;
+        assert_eq!(close_code(&mut ws).await, Some(code), "{session}");
+    }
+    app.shutdown().await;
+}
