@@ -168,6 +168,9 @@ pub struct PresenceConfig {
     /// How often a node refreshes its entries and sweeps stale ones.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// Push `join`/`leave` to a channel's subscribers when a user enters or leaves it
+    /// (on any node).
+    pub join_leave: bool,
 }
 
 impl Default for PresenceConfig {
@@ -175,6 +178,7 @@ impl Default for PresenceConfig {
         Self {
             ttl: Duration::from_secs(30),
             heartbeat: Duration::from_secs(10),
+            join_leave: false,
         }
     }
 }

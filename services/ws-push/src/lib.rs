@@ -95,8 +95,7 @@ impl App {
         let presence = presence::Presence::start(
             bus.clone(),
             name.clone(),
-            config.presence.ttl,
-            config.presence.heartbeat,
+            &config.presence,
             hub.clone(),
             shutdown.clone(),
         )

@@ -47,6 +47,7 @@ pub struct Presence {
     kv: kv::Store,
     node: String,
     ttl: Duration,
+    join_leave: bool,
     hub: Arc<Hub>,
     /// key -> entry, every node's.
     mirror: RwLock<HashMap<String, NodeEntry>>,
@@ -70,11 +71,11 @@ impl Presence {
     pub async fn start(
         bus: Bus,
         node: String,
-        ttl: Duration,
-        heartbeat: Duration,
+        config: &crate::config::PresenceConfig,
         hub: Arc<Hub>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, Error> {
+        let (ttl, heartbeat) = (config.ttl, config.heartbeat);
         // Twice the TTL: the stream keeps what the sweep needs to see to publish
         // `offline` for a dead node, and no longer.
         let kv = bus.bucket("PRESENCE", ttl * 2, 1).await?;
@@ -83,6 +84,7 @@ impl Presence {
             kv,
             node,
             ttl,
+            join_leave: config.join_leave,
             hub,
             mirror: RwLock::default(),
             changes: tokio::sync::Mutex::new(()),
@@ -236,10 +238,12 @@ impl Presence {
     pub async fn update(&self, user: &str) {
         let _order = self.changes.lock().await;
         let before = self.user(user);
+        let channels_before = self.channels_of(user);
         let local = self.hub.local_user(user);
         let key = key(user, &self.node);
         self.apply_local(&key, user, &local);
         let after = self.user(user);
+        let channels_after = self.channels_of(user);
         let written = if local.connections > 0 {
             self.write(&key, user, &local).await
         } else {
@@ -250,6 +254,38 @@ impl Presence {
         }
         if before.online != after.online {
             self.publish_event(user, &after, None).await;
+        }
+        if self.join_leave {
+            for channel in channels_after.difference(&channels_before) {
+                self.publish_join_leave(channel, user, "join").await;
+            }
+            for channel in channels_before.difference(&channels_after) {
+                self.publish_join_leave(channel, user, "leave").await;
+            }
+        }
+    }
+
+    /// Channels `user` is in on any node (live entries).
+    fn channels_of(&self, user: &str) -> std::collections::BTreeSet<String> {
+        let now = now_millis();
+        let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        mirror
+            .values()
+            .filter(|e| e.user == user && self.is_live(e, now))
+            .flat_map(|e| e.channels.iter().cloned())
+            .collect()
+    }
+
+    /// A `join`/`leave` push to the channel's subscribers: `{"type": "join", "data": {"user": ..}}`.
+    async fn publish_join_leave(&self, channel: &str, user: &str, kind: &str) {
+        let push = serde_json::json!({"type": kind, "data": {"user": user}});
+        let subject = self.bus.subjects().push_channel(channel);
+        let result = match self.bus.event(event_types::PUSH, &push) {
+            Ok(event) => self.bus.publish(subject, &event).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(channel, user, error = %e, "join/leave push not published");
         }
     }
 

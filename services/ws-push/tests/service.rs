@@ -961,7 +961,10 @@ async fn a_site_callback_can_vouch_for_its_own_session_tokens() {
     config.auth.callback_url = Some(format!("http://{site_addr}/auth"));
     let app = Running::start(config).await;
     let (_ws, connected) = connect(&app, "session-abc").await;
-    assert_eq!((connected["user"].as_str(), connected["admin"].as_bool()), (Some("site-user-7"), Some(true)));
+    assert_eq!(
+        (connected["user"].as_str(), connected["admin"].as_bool()),
+        (Some("site-user-7"), Some(true))
+    );
     // JWTs still work beside the callback.
     let (_ws, connected) = connect(&app, &token("jwt-user")).await;
     assert_eq!(connected["user"], "jwt-user");
@@ -970,5 +973,37 @@ async fn a_site_callback_can_vouch_for_its_own_session_tokens() {
         send(&mut ws, json!({"type": "connect", "token": session})).await;
         assert_eq!(close_code(&mut ws).await, Some(code), "{session}");
     }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn channel_join_and_leave_events_reach_subscribers_when_enabled() {
+    let nats = NatsServer::start().unwrap();
+    let mut config = config(&nats.url());
+    config.presence.join_leave = true;
+    let app = Running::start(config).await;
+    let (mut bob, _) = connect(&app, &token("bob")).await;
+    send(&mut bob, json!({"type": "subscribe", "channel": "news"})).await;
+    assert_eq!(next_json(&mut bob).await["type"], "subscribed");
+    assert_eq!(next_json(&mut bob).await["push"]["type"], "join", "bob's own join");
+    let (mut alice, _) = connect(&app, &token("alice")).await;
+    send(&mut alice, json!({"type": "subscribe", "channel": "news"})).await;
+    let join = next_json(&mut bob).await;
+    assert_eq!(
+        (join["push"]["type"].as_str(), join["push"]["data"]["user"].as_str()),
+        (Some("join"), Some("alice"))
+    );
+    assert_eq!(join["source"], "channel:news");
+    // A second tab of alice in the same channel is not a new join; closing both is one leave.
+    let (mut alice2, _) = connect(&app, &token("alice")).await;
+    send(&mut alice2, json!({"type": "subscribe", "channel": "news"})).await;
+    assert_eq!(next_json(&mut alice2).await["type"], "subscribed");
+    drop(alice);
+    send(&mut alice2, json!({"type": "unsubscribe", "channel": "news"})).await;
+    let leave = next_json(&mut bob).await;
+    assert_eq!(
+        (leave["push"]["type"].as_str(), leave["push"]["data"]["user"].as_str()),
+        (Some("leave"), Some("alice"))
+    );
     app.shutdown().await;
 }
