@@ -74,6 +74,14 @@ enum Mode {
     },
 }
 
+/// Where the broadcast publisher sends.
+enum Publisher {
+    /// The node `ws` peer's `POST /publish`.
+    Peer(String),
+    /// `SB_PUSH` through NATS (ws-push).
+    Nats(Bus),
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -236,16 +244,20 @@ async fn main() -> anyhow::Result<()> {
                     latencies
                 }));
             }
-            let bus = Bus::connect(
-                &NatsConfig {
-                    url: args.nats.clone(),
-                    ..Default::default()
-                },
-                "loadgen",
-            )
-            .await?;
+            let publisher = match &args.peer_publish_url {
+                Some(url) => Publisher::Peer(url.clone()),
+                None => Publisher::Nats(
+                    Bus::connect(
+                        &NatsConfig {
+                            url: args.nats.clone(),
+                            ..Default::default()
+                        },
+                        "loadgen",
+                    )
+                    .await?,
+                ),
+            };
             let http = reqwest::Client::new();
-            let subject = bus.subjects().push_channel("bench");
             let total = (rate * seconds as f64).round() as u64;
             let interval = Duration::from_secs_f64(1.0 / rate);
             let cpu_before = cpu_seconds(args.pid);
@@ -253,11 +265,12 @@ async fn main() -> anyhow::Result<()> {
             for seq in 0..total {
                 tokio::time::sleep_until(started + interval.mul_f64(seq as f64)).await;
                 let data = json!({"type": "b", "data": {"ts": now_nanos(), "seq": seq}});
-                match &args.peer_publish_url {
-                    Some(url) => {
+                match &publisher {
+                    Publisher::Peer(url) => {
                         let _ = http.post(url).body(data.to_string()).send().await;
                     }
-                    None => {
+                    Publisher::Nats(bus) => {
+                        let subject = bus.subjects().push_channel("bench");
                         let event = bus.event(switchboard_bus::event_types::PUSH, &data)?;
                         // Fire and check later: the publisher never waits for acks in line.
                         let ack = bus.publish_async(subject.clone(), &event).await?;
