@@ -151,7 +151,7 @@ impl Connection {
         let Some(token) = token.or(query_token).filter(|t| !t.is_empty()) else {
             return Err(Closing::new(close::NO_TOKEN, "no token"));
         };
-        let claims = self.node.verifier.verify(&token).await.map_err(|e| {
+        let claims = Box::pin(self.node.verifier.verify(&token)).await.map_err(|e| {
             tracing::debug!(error = %e, "connection refused");
             auth_closing(&e)
         })?;
@@ -173,11 +173,11 @@ impl Connection {
             }
         }
         metrics::gauge!("ws_push_connections").increment(1.0);
-        self.node.presence.update(&claims.sub).await;
+        Box::pin(self.node.presence.update(&claims.sub)).await;
         let result = self.session(entry.clone(), claims, recover).await;
         self.node.hub.unregister(id);
         metrics::gauge!("ws_push_connections").decrement(1.0);
-        self.node.presence.update(&entry.user).await;
+        Box::pin(self.node.presence.update(&entry.user)).await;
         result
     }
 
@@ -188,7 +188,9 @@ impl Connection {
         recover: Option<Recover>,
     ) -> Result<(), Closing> {
         let node = self.node.clone();
-        let position = delivery::position(&node.stream)
+        // Boxed: the connection's future is as big as its biggest await, and it lives
+        // as long as the connection; the rare big ones go to the heap for their time.
+        let position = Box::pin(delivery::position(&node.stream))
             .await
             .map_err(|_| Closing::new(close::SHUTDOWN, "stream unavailable"))?;
         let mut replayed: Vec<Outgoing> = Vec::new();
@@ -200,7 +202,7 @@ impl Connection {
             if let Some(recover) = &recover {
                 match recover.offsets.get(&source.label()) {
                     Some(&after) => {
-                        let replay = replay(&node, &subject, &source, &recover.epoch, after, position).await;
+                        let replay = Box::pin(replay(&node, &subject, &source, &recover.epoch, after, position)).await;
                         recovered = recovered.map(|r| r && replay.recovered);
                         replayed.extend(replay.items);
                     }
@@ -252,7 +254,7 @@ impl Connection {
                         Some(Ok(Message::Text(text))) => {
                             let message = serde_json::from_str::<ClientMessage>(text.as_str())
                                 .map_err(|e| Closing::new(close::PROTOCOL, format!("bad message: {e}")))?;
-                            self.handle(&entry, &mut claims, message).await?;
+                            Box::pin(self.handle(&entry, &mut claims, message)).await?;
                             if let Some(deadline) = tokio::time::Instant::now().checked_add(expires_in(claims.exp)) {
                                 expiry.as_mut().reset(deadline);
                             }
