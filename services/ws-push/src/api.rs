@@ -22,6 +22,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ws"),
     ("get", "/client.js"),
     ("get", "/client.mjs"),
+    ("get", "/client.d.ts"),
     ("get", "/demo"),
     ("get", "/demo.js"),
     ("get", "/openapi.json"),
@@ -38,6 +39,8 @@ pub const CLIENT_JS: &str = include_str!("../static/switchboard-push.js");
 /// What turns the same code into an ES module.
 const ESM_EXPORTS: &str =
     "\nexport const SwitchboardPush = globalThis.SwitchboardPush;\nexport default SwitchboardPush;\n";
+/// TypeScript declarations of the client.
+pub const CLIENT_TYPES: &str = include_str!("../static/switchboard-push.d.ts");
 /// The demo page.
 pub const DEMO_HTML: &str = include_str!("../static/demo.html");
 /// The demo page's script.
@@ -49,6 +52,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         .route("/ws", get(conn::upgrade))
         .route("/client.js", get(client_js))
         .route("/client.mjs", get(client_mjs))
+        .route("/client.d.ts", get(client_types))
         .route("/demo", get(demo))
         .route("/demo.js", get(demo_js))
         .route("/openapi.json", get(openapi))
@@ -111,6 +115,14 @@ async fn client_js() -> Response {
 
 async fn client_mjs() -> Response {
     javascript(format!("{CLIENT_JS}{ESM_EXPORTS}"))
+}
+
+async fn client_types() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/typescript; charset=utf-8")],
+        CLIENT_TYPES,
+    )
+        .into_response()
 }
 
 async fn demo_js() -> Response {
