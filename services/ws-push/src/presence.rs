@@ -51,8 +51,9 @@ pub struct Presence {
     hub: Arc<Hub>,
     /// key -> entry, every node's.
     mirror: RwLock<HashMap<String, NodeEntry>>,
-    /// Serialises this node's changes of one user so online/offline are decided in order.
-    changes: tokio::sync::Mutex<()>,
+    /// Serialises this node's changes of one user (by hash shard) so online/offline
+    /// are decided in order, without serialising unrelated users.
+    changes: Vec<tokio::sync::Mutex<()>>,
 }
 
 fn now_millis() -> u64 {
@@ -87,7 +88,7 @@ impl Presence {
             join_leave: config.join_leave,
             hub,
             mirror: RwLock::default(),
-            changes: tokio::sync::Mutex::new(()),
+            changes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
         let mut watch = presence
             .kv
@@ -236,7 +237,11 @@ impl Presence {
     /// Writes this node's entry of `user` from the hub and publishes `online` or
     /// `offline` when the user's state across nodes changed.
     pub async fn update(&self, user: &str) {
-        let _order = self.changes.lock().await;
+        let shard = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(user) as usize % self.changes.len()
+        };
+        let _order = self.changes[shard].lock().await;
         let before = self.user(user);
         let channels_before = self.channels_of(user);
         let local = self.hub.local_user(user);
