@@ -30,6 +30,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The management API (erase a user, set admins).
     pub management: ManagementConfig,
+    /// Translation of messages on request (off unless a URL is set).
+    pub translate: TranslateConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             chat: ChatConfig::default(),
             auth: AuthConfig::default(),
             management: ManagementConfig::default(),
+            translate: TranslateConfig::default(),
         }
     }
 }
@@ -136,6 +139,29 @@ pub struct ManagementConfig {
     pub api_key: Secret,
     /// Addresses allowed to call it (the seed's `trusted_ip`); empty allows none.
     pub trusted_ips: Vec<IpAddr>,
+}
+
+/// `[translate]`: a LibreTranslate-compatible API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TranslateConfig {
+    /// Base URL (`http://translator:5000`); empty turns translation off.
+    pub url: String,
+    /// Sent as `api_key` when set.
+    pub api_key: Secret,
+    /// How long to wait for a translation.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            api_key: Secret::default(),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Validate for Config {

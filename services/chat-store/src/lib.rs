@@ -9,15 +9,24 @@ use std::net::SocketAddr;
 use switchboard_runtime::{Base, Endpoints};
 use tokio_util::sync::CancellationToken;
 
+pub mod auth;
 pub mod config;
 pub mod entity;
 pub mod error;
+pub mod http;
 pub mod migration;
+pub mod openapi;
+pub mod service;
 pub mod store;
+pub mod translate;
 
 pub use config::Config;
 pub use error::Error;
 pub use store::Store;
+
+use auth::{Auth, Management};
+use service::{Chat, RateLimiter};
+use translate::Translator;
 
 /// The service's name: binary, NATS client name, CloudEvents source.
 pub const SERVICE: &str = "chat-store";
@@ -41,7 +50,8 @@ pub fn database_url(config: &Config) -> Result<String, Error> {
 #[derive(Debug)]
 pub struct App {
     base: Base,
-    store: Store,
+    chat: Chat,
+    management: Management,
     shutdown: CancellationToken,
 }
 
@@ -60,7 +70,16 @@ impl App {
         )
         .await?;
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
-        Ok(Self { base, store, shutdown })
+        let auth = Auth::new(&config.auth, store.clone())?;
+        let limiter = RateLimiter::new(config.chat.rate_per_minute, config.chat.rate_burst);
+        let translator = Translator::new(&config.translate)?;
+        let chat = Chat::new(store, base.bus.clone(), auth, limiter, translator);
+        Ok(Self {
+            base,
+            chat,
+            management: Management::new(config.management),
+            shutdown,
+        })
     }
 
     /// The bound HTTP address.
@@ -75,7 +94,7 @@ impl App {
 
     /// The store (for tests and tools).
     pub fn store(&self) -> &Store {
-        &self.store
+        self.chat.store()
     }
 
     /// Serves until the shutdown token is cancelled.
@@ -86,8 +105,12 @@ impl App {
             bus: _,
             health,
         } = self.base;
+        let router = http::router(http::HttpState {
+            chat: self.chat.clone(),
+            management: self.management.clone(),
+        });
         let endpoints = Endpoints {
-            router: axum::Router::new(),
+            router,
             grpc: tonic::service::Routes::default(),
             grpc_services: Vec::new(),
             health,
