@@ -10,6 +10,7 @@ use switchboard_runtime::{Base, Endpoints};
 use tokio_util::sync::CancellationToken;
 
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod entity;
 pub mod error;
@@ -26,6 +27,7 @@ pub use store::Store;
 
 use auth::{Auth, Management};
 use service::{Chat, RateLimiter};
+use switchboard_proto::chat::v1::chat_service_server::ChatServiceServer;
 use translate::Translator;
 
 /// The service's name: binary, NATS client name, CloudEvents source.
@@ -100,6 +102,7 @@ impl App {
     /// Serves until the shutdown token is cancelled.
     pub async fn run(self) -> Result<(), Error> {
         self.base.log_ready(SERVICE);
+        let commands = backend::serve_commands(self.chat.clone(), self.shutdown.clone()).await?;
         let Base {
             listeners,
             bus: _,
@@ -111,11 +114,16 @@ impl App {
         });
         let endpoints = Endpoints {
             router,
-            grpc: tonic::service::Routes::default(),
-            grpc_services: Vec::new(),
+            grpc: tonic::service::Routes::default().add_service(ChatServiceServer::new(backend::Grpc::new(
+                self.chat.clone(),
+                self.management.clone(),
+            ))),
+            grpc_services: vec![switchboard_proto::service_names::CHAT],
             health,
         };
         listeners.serve(endpoints, self.shutdown).await?;
+        // Commands in flight finish before the process ends.
+        let _ = commands.await;
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ const API_KEY: &str = "manage-key";
 
 struct Running {
     base: String,
+    grpc: String,
     nats: async_nats::Client,
     shutdown: CancellationToken,
     _db: TestDb,
@@ -52,10 +53,12 @@ async fn start(backend: Backend, configure: impl FnOnce(&mut Config)) -> Running
     let shutdown = CancellationToken::new();
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let base = format!("http://{}", app.http_addr());
+    let grpc = format!("http://{}", app.grpc_addr());
     tokio::spawn(app.run());
     let nats = async_nats::connect(nats_server.url()).await.expect("nats client");
     Running {
         base,
+        grpc,
         nats,
         shutdown,
         _db: db,
@@ -506,3 +509,103 @@ async fn openapi_document_lists_every_route_and_each_is_routed() {
         );
     }
 }
+
+async fn site_backends_use_grpc_with_a_key_and_nats_commands(backend: Backend) {
+    use switchboard_proto::chat::v1 as pb;
+    use switchboard_proto::chat::v1::chat_service_client::ChatServiceClient;
+    let app = start(backend, |_| {}).await;
+    let mut client = ChatServiceClient::connect(app.grpc.clone()).await.expect("grpc");
+    let send = pb::SendMessageRequest {
+        from: "alice".into(),
+        to: "bob".into(),
+        text: "over gRPC".into(),
+        client_id: "g1".into(),
+        attachment_id: String::new(),
+    };
+    let refused = client.send_message(send.clone()).await.expect_err("no key");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let sent = client.send_message(with_key(send)).await.expect("send").into_inner();
+    let id = sent.message.expect("message").id;
+    let history = client
+        .get_history(with_key(pb::GetHistoryRequest {
+            user: "bob".into(),
+            peer: "alice".into(),
+            page: None,
+        }))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.messages.len(), 1);
+    assert_eq!(history.messages[0].id, id);
+    client
+        .set_relation(with_key(pb::SetRelationRequest {
+            user: "bob".into(),
+            other: "alice".into(),
+            kind: pb::RelationKind::Blocked.into(),
+            on: true,
+        }))
+        .await
+        .expect("block");
+    let blocked = client
+        .send_message(with_key(pb::SendMessageRequest {
+            from: "alice".into(),
+            to: "bob".into(),
+            text: "again".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("blocked");
+    assert_eq!(blocked.code(), tonic::Code::PermissionDenied);
+    assert!(blocked.message().contains("blocked"), "{}", blocked.message());
+
+    // The same operations as NATS commands.
+    let reply = app
+        .nats
+        .request("sb.cmd.chat.unread", r#"{"user":"bob"}"#.into())
+        .await
+        .expect("reply");
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("sb-status"))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(status.as_deref(), Some("ok"));
+    let unread: Value = serde_json::from_slice(&reply.payload).expect("json");
+    assert_eq!(unread["unread"], 1);
+    let reply = app
+        .nats
+        .request("sb.cmd.chat.mark-read", r#"{"user":"bob","peer":"alice"}"#.into())
+        .await
+        .expect("reply");
+    let marked: Value = serde_json::from_slice(&reply.payload).expect("json");
+    assert_eq!(marked["marked"], 1);
+    let reply = app
+        .nats
+        .request("sb.cmd.chat.nonsense", "{}".into())
+        .await
+        .expect("reply");
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("sb-status"))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(status.as_deref(), Some("error"));
+    let error: Value = serde_json::from_slice(&reply.payload).expect("json");
+    assert_eq!(error["code"], "ERROR_CODE_NOT_FOUND");
+    let reply = app
+        .nats
+        .request("sb.cmd.chat.send", "not json".into())
+        .await
+        .expect("reply");
+    let error: Value = serde_json::from_slice(&reply.payload).expect("json");
+    assert_eq!(error["code"], "ERROR_CODE_INVALID_ARGUMENT");
+}
+fn with_key<T>(body: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    request
+        .metadata_mut()
+        .insert("x-api-key", API_KEY.parse().expect("meta"));
+    request
+}
+
+both!(site_backends, site_backends_use_grpc_with_a_key_and_nats_commands);
