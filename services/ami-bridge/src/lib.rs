@@ -3,6 +3,8 @@
 //! Start it in-process with [`App::build`] (ports 0 pick free ports) and
 //! [`App::run`], or with [`run`].
 
+pub mod parser;
+
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
