@@ -4,6 +4,7 @@
 //! [`App::run`], or with [`run`].
 
 pub mod parser;
+pub mod sim;
 
 use std::net::SocketAddr;
 

@@ -6,7 +6,11 @@ use ami_bridge::parser::{Frame, Limits, Parser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_line: 128, max_message: 1024, max_headers: 16 };
+    let limits = Limits {
+        max_line: 128,
+        max_message: 1024,
+        max_headers: 16,
+    };
     let (cuts, body) = data.split_at(data.len().min(4));
     let mut parser = Parser::new(limits);
     let mut rest = body;
