@@ -1,0 +1,314 @@
+//! ami-bridge end to end: the AMI simulator -> ami-bridge -> a real nats-server.
+
+use std::time::Duration;
+
+use ami_bridge::sim::{Control, SimConfig, SimHandle};
+use ami_bridge::{AmiSettings, App, AuthMode, Config, PbxConfig};
+use futures::StreamExt;
+use switchboard_bus::{Bus, CloudEvent, CommandError, NatsConfig, Secret};
+use switchboard_proto::ami::v1 as pb;
+use switchboard_proto::common::v1::{ErrorCode, LinkState};
+use switchboard_runtime::{GrpcConfig, HttpConfig};
+use switchboard_test_support::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+/// A guard against hangs only; no test passes or fails on timing.
+const GUARD: Duration = Duration::from_secs(30);
+
+struct Rig {
+    _nats: NatsServer,
+    sim: SimHandle,
+    bus: Bus,
+    events: async_nats::Subscriber,
+    shutdown: CancellationToken,
+    app: tokio::task::JoinHandle<Result<(), ami_bridge::Error>>,
+}
+
+async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
+    let nats = NatsServer::start().expect("nats-server");
+    let shutdown = CancellationToken::new();
+    let sim = SimHandle::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimConfig::default(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("sim");
+    let nats_config = NatsConfig {
+        url: nats.url(),
+        ..NatsConfig::default()
+    };
+    let bus = Bus::connect(&nats_config, "test").await.expect("bus");
+    let events = bus.client().subscribe("sb.evt.ami.>").await.expect("subscribe");
+    let config = Config {
+        nats: nats_config,
+        http: HttpConfig::on_port(0),
+        grpc: GrpcConfig::on_port(0),
+        ami,
+        pbx: vec![PbxConfig {
+            id: "pbx1".into(),
+            host: "127.0.0.1".into(),
+            port: sim.addr().port(),
+            username: "sb".into(),
+            secret: Secret::new("sbsecret"),
+            auth,
+            ..PbxConfig::default()
+        }],
+        ..Config::default()
+    };
+    let app = App::build(config, shutdown.clone()).await.expect("app");
+    let app = tokio::spawn(app.run());
+    Rig {
+        _nats: nats,
+        sim,
+        bus,
+        events,
+        shutdown,
+        app,
+    }
+}
+
+impl Rig {
+    /// The next event on `sb.evt.ami.>` whose subject satisfies `pred`.
+    async fn next(&mut self, pred: impl Fn(&str) -> bool) -> (String, CloudEvent) {
+        loop {
+            let msg = tokio::time::timeout(GUARD, self.events.next())
+                .await
+                .expect("an event arrives")
+                .expect("subscription open");
+            if pred(msg.subject.as_str()) {
+                let ce = CloudEvent::from_message(msg.headers.as_ref(), msg.payload).expect("a CloudEvent");
+                return (msg.subject.to_string(), ce);
+            }
+        }
+    }
+
+    async fn action(&self, action: &str, headers: &[(&str, &str)]) -> Result<pb::ActionResponse, CommandError> {
+        let request = pb::ActionRequest {
+            action: action.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| pb::Header {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.bus
+            .request("sb.cmd.ami.pbx1.action", &request, Some(Duration::from_secs(20)))
+            .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(GUARD, self.app).await;
+    }
+}
+
+#[tokio::test]
+async fn link_snapshot_raw_events_actions_and_calls() {
+    let mut rig = rig(AuthMode::Md5, AmiSettings::default()).await;
+    let (_, up) = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+    let up: pb::LinkEvent = up.data_as().expect("LinkEvent");
+    assert_eq!(
+        (up.ami_version.as_str(), up.asterisk_version.as_str()),
+        ("11.0.0", "22")
+    );
+    assert_eq!(up.state, LinkState::Up as i32);
+    let (_, snap) = rig.next(|s| s == "sb.evt.ami.pbx1.snapshot").await;
+    let snap: pb::ChannelSnapshot = snap.data_as().expect("snapshot");
+    assert_eq!(snap.session_id, up.session_id);
+    assert!(snap.channels.is_empty());
+
+    // Originate over the bus: the reply waits for OriginateResponse.
+    let reply = rig
+        .action(
+            "Originate",
+            &[
+                ("Channel", "Local/100@test"),
+                ("Application", "Wait"),
+                ("Data", "1"),
+                ("CallerID", "\"Alice\" <1001>"),
+            ],
+        )
+        .await
+        .expect("originate reply");
+    assert_eq!(reply.response, "Success");
+    assert_eq!(reply.events.len(), 1);
+    assert_eq!(reply.events[0].event, "OriginateResponse");
+
+    // Raw events in order with the session facts; then the derived call.
+    let mut last_seq = 0;
+    let mut raw_names = Vec::new();
+    let mut call_states = Vec::new();
+    while call_states.last().map(String::as_str) != Some("ended") {
+        let (subject, ce) = rig.next(|s| s.contains(".raw.") || s.contains(".call.")).await;
+        if subject.contains(".raw.") {
+            let raw: pb::RawEvent = ce.data_as().expect("RawEvent");
+            assert!(raw.sequence > last_seq, "in order");
+            last_seq = raw.sequence;
+            assert_eq!(raw.session_id, up.session_id);
+            assert_eq!(subject, format!("sb.evt.ami.pbx1.raw.{}", raw.event));
+            raw_names.push(raw.event);
+        } else {
+            let call: pb::CallEvent = ce.data_as().expect("CallEvent");
+            assert_eq!(call.caller.as_ref().map(|p| p.number.as_str()), Some("1001"));
+            call_states.push(subject.rsplit('.').next().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(call_states, ["started", "ringing", "answered", "ended"]);
+    for name in ["Newchannel", "DialBegin", "OriginateResponse", "Hangup"] {
+        assert!(raw_names.iter().any(|n| n == name), "{name} published");
+    }
+
+    // An event list comes back as one reply.
+    let list = rig.action("Status", &[]).await.expect("status");
+    assert_eq!(list.events.last().map(|e| e.event.as_str()), Some("StatusComplete"));
+
+    // CR/LF is refused, Command is denied by default, an unknown action is AMI's error.
+    let injected = rig.action("Getvar", &[("Variable", "X\r\nAction: Logoff")]).await;
+    let Err(CommandError::Rejected { error, .. }) = injected else {
+        panic!("CR/LF must be refused: {injected:?}");
+    };
+    assert_eq!(error.code, ErrorCode::PermissionDenied as i32);
+    let denied = rig.action("Command", &[("Command", "core show version")]).await;
+    assert!(matches!(denied, Err(CommandError::Rejected { .. })), "{denied:?}");
+    let unknown = rig.action("NoSuchAction", &[]).await.expect("AMI answers");
+    assert_eq!(unknown.response, "Error");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn dead_session_is_detected_and_reconnects_with_resync() {
+    let ami = AmiSettings {
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+        ..AmiSettings::default()
+    };
+    let mut rig = rig(AuthMode::Plain, ami).await;
+    let (_, up) = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+    let first: pb::LinkEvent = up.data_as().expect("link");
+
+    rig.sim.control(Control::Stall(Duration::from_secs(3)));
+    let (_, down) = rig.next(|s| s.starts_with("sb.evt.ami.pbx1.link.")).await;
+    let down: pb::LinkEvent = down.data_as().expect("link");
+    assert_eq!(down.state, LinkState::Down as i32);
+    assert!(down.reason.starts_with("ping timeout"), "{}", down.reason);
+
+    let (_, up) = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+    let second: pb::LinkEvent = up.data_as().expect("link");
+    assert_ne!(second.session_id, first.session_id);
+    assert!(second.attempt >= 1);
+    let (_, snap) = rig.next(|s| s == "sb.evt.ami.pbx1.snapshot").await;
+    let snap: pb::ChannelSnapshot = snap.data_as().expect("snapshot");
+    assert_eq!(snap.session_id, second.session_id);
+
+    rig.sim.control(Control::Drop);
+    let (_, down) = rig.next(|s| s.starts_with("sb.evt.ami.pbx1.link.")).await;
+    let down: pb::LinkEvent = down.data_as().expect("link");
+    assert_eq!(down.reason, "eof");
+    let _ = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+
+    // Malformed bytes: an error event, and the session goes on.
+    rig.sim.control(Control::Malformed);
+    let (_, err) = rig.next(|s| s == "sb.evt.ami.pbx1.error").await;
+    let err: pb::ProtocolError = err.data_as().expect("error");
+    assert_eq!(err.kind, "malformed_header");
+    let _ = rig.next(|s| s == "sb.evt.ami.pbx1.raw.SimAfterMalformed").await;
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn flood_reaches_jetstream_complete_and_in_order() {
+    let mut rig = rig(AuthMode::Plain, AmiSettings::default()).await;
+    let _ = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+    const N: u64 = 20_000;
+    rig.sim.control(Control::Flood { rate: 0, count: N });
+    let mut expected = 1u64;
+    while expected <= N {
+        let (_, ce) = rig.next(|s| s == "sb.evt.ami.pbx1.raw.Newexten").await;
+        let raw: pb::RawEvent = ce.data_as().expect("raw");
+        let seq = raw
+            .fields
+            .as_ref()
+            .and_then(|f| f.fields.get("SimSeq"))
+            .and_then(|v| match &v.kind {
+                Some(switchboard_proto::wkt::value::Kind::StringValue(s)) => s.parse::<u64>().ok(),
+                _ => None,
+            });
+        assert_eq!(seq, Some(expected), "nothing lost, in order");
+        expected += 1;
+    }
+    // And JetStream stored every one of them.
+    let mut stream = rig.bus.jetstream().get_stream("SB_EVENTS").await.expect("stream");
+    let mut stored = 0;
+    for _ in 0..100 {
+        let info = stream.info().await.expect("info");
+        stored = info.state.messages;
+        if stored >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored >= N, "stored {stored}");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn bad_login_is_reported_and_retried() {
+    let nats = NatsServer::start().expect("nats-server");
+    let shutdown = CancellationToken::new();
+    let sim = SimHandle::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        SimConfig::default(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("sim");
+    let config = Config {
+        nats: NatsConfig {
+            url: nats.url(),
+            ..NatsConfig::default()
+        },
+        http: HttpConfig::on_port(0),
+        grpc: GrpcConfig::on_port(0),
+        pbx: vec![PbxConfig {
+            id: "p".into(),
+            port: sim.addr().port(),
+            username: "sb".into(),
+            secret: Secret::new("wrong"),
+            ..PbxConfig::default()
+        }],
+        ..Config::default()
+    };
+    let app = App::build(config, shutdown.clone()).await.expect("app");
+    let sessions = app.sessions();
+    let task = tokio::spawn(app.run());
+    let handle = sessions.get("p").expect("session").clone();
+    let mut status = handle.status();
+    for _ in 0..300 {
+        status = handle.status();
+        if !status.last_error.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.last_error, "login failed: Authentication failed");
+    assert_ne!(status.state, LinkState::Up as i32);
+    // The secret never shows in the config's Debug output (what logs would print).
+    assert!(
+        !format!(
+            "{:?}",
+            PbxConfig {
+                secret: Secret::new("wrong"),
+                ..PbxConfig::default()
+            }
+        )
+        .contains("wrong")
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(GUARD, task).await;
+}
