@@ -115,6 +115,10 @@ pub struct AmiSettings {
     pub max_headers: usize,
     /// Raw events published without waiting for their acks (pipelining window).
     pub publish_window: usize,
+    /// When set, gRPC callers must send `authorization: Bearer <token>`. Bus
+    /// callers are authorised by NATS itself (account permissions on
+    /// `sb.cmd.ami.<pbx>.action`).
+    pub api_token: Option<Secret>,
 }
 
 impl Default for AmiSettings {
@@ -134,6 +138,7 @@ impl Default for AmiSettings {
             max_message: limits.max_message,
             max_headers: limits.max_headers,
             publish_window: 4096,
+            api_token: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod calls;
 pub mod config;
+pub mod grpc;
 pub mod parser;
 pub mod session;
 pub mod sim;
@@ -164,10 +165,16 @@ impl App {
             bus: _,
             health,
         } = self.base;
+        let service = grpc::Service::new(
+            self.sessions.clone(),
+            self.live.clone(),
+            self.config.ami.api_token.clone(),
+            self.shutdown.clone(),
+        );
         let endpoints = Endpoints {
             router: axum::Router::new(),
-            grpc: tonic::service::Routes::default(),
-            grpc_services: Vec::new(),
+            grpc: tonic::service::Routes::new(pb::ami_service_server::AmiServiceServer::new(service)),
+            grpc_services: vec![switchboard_proto::service_names::AMI],
             health,
         };
         listeners.serve(endpoints, self.shutdown).await?;

@@ -22,6 +22,7 @@ struct Rig {
     events: async_nats::Subscriber,
     shutdown: CancellationToken,
     app: tokio::task::JoinHandle<Result<(), ami_bridge::Error>>,
+    grpc: std::net::SocketAddr,
 }
 
 async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
@@ -57,6 +58,7 @@ async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
         ..Config::default()
     };
     let app = App::build(config, shutdown.clone()).await.expect("app");
+    let grpc = app.grpc_addr();
     let app = tokio::spawn(app.run());
     Rig {
         _nats: nats,
@@ -65,6 +67,7 @@ async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
         events,
         shutdown,
         app,
+        grpc,
     }
 }
 
@@ -311,4 +314,111 @@ async fn bad_login_is_reported_and_retried() {
     );
     shutdown.cancel();
     let _ = tokio::time::timeout(GUARD, task).await;
+}
+
+fn authed<T>(body: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    let value = format!("Bearer {token}").parse().expect("metadata");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+#[tokio::test]
+async fn grpc_checks_the_caller_and_serves_actions_and_events() {
+    use pb::ami_service_client::AmiServiceClient;
+    let ami = AmiSettings {
+        api_token: Some(Secret::new("t0ken")),
+        ..AmiSettings::default()
+    };
+    let mut rig = rig(AuthMode::Plain, ami).await;
+    let _ = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+    let mut client = AmiServiceClient::connect(format!("http://{}", rig.grpc))
+        .await
+        .expect("grpc");
+
+    let anonymous = client.list_pbx(pb::ListPbxRequest {}).await;
+    assert_eq!(anonymous.expect_err("no token").code(), tonic::Code::Unauthenticated);
+    let wrong = client.list_pbx(authed(pb::ListPbxRequest {}, "nope")).await;
+    assert_eq!(wrong.expect_err("bad token").code(), tonic::Code::Unauthenticated);
+
+    let list = client
+        .list_pbx(authed(pb::ListPbxRequest {}, "t0ken"))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.pbx.len(), 1);
+    assert_eq!(list.pbx[0].state, LinkState::Up as i32);
+    assert_eq!(list.pbx[0].asterisk_version, "22");
+
+    let filter = pb::EventsRequest {
+        pbx: vec!["pbx1".into()],
+        events: vec!["newchannel".into()],
+        calls: true,
+    };
+    let mut stream = client
+        .events(authed(filter, "t0ken"))
+        .await
+        .expect("events")
+        .into_inner();
+
+    let originate = pb::OriginateRequest {
+        pbx: "pbx1".into(),
+        channel: "Local/102@test".into(),
+        application: "Wait".into(),
+        data: "1".into(),
+        ..Default::default()
+    };
+    let busy = client
+        .originate(authed(originate, "t0ken"))
+        .await
+        .expect("originate")
+        .into_inner();
+    assert!(!busy.success);
+    assert_eq!((busy.reason_code, busy.reason.as_str()), (5, "Busy"));
+
+    let mut raw = Vec::new();
+    let mut ended = None;
+    while ended.is_none() {
+        let item = tokio::time::timeout(GUARD, stream.message())
+            .await
+            .expect("item")
+            .expect("ok")
+            .expect("open");
+        match item.item {
+            Some(pb::events_item::Item::Raw(r)) => raw.push(r.event),
+            Some(pb::events_item::Item::Call(c)) if c.state == pb::CallState::Ended as i32 => ended = Some(c),
+            _ => {}
+        }
+    }
+    assert!(raw.iter().all(|e| e == "Newchannel") && raw.len() == 2, "{raw:?}");
+    let ended = ended.expect("ended");
+    assert!(ended.missed);
+    assert_eq!(ended.hangup_cause, 17);
+
+    let set = pb::SetvarRequest {
+        pbx: "pbx1".into(),
+        variable: "SB".into(),
+        value: "hello world".into(),
+        ..Default::default()
+    };
+    client.setvar(authed(set, "t0ken")).await.expect("setvar");
+    let get = pb::GetvarRequest {
+        pbx: "pbx1".into(),
+        variable: "SB".into(),
+        ..Default::default()
+    };
+    let got = client.getvar(authed(get, "t0ken")).await.expect("getvar").into_inner();
+    assert_eq!(got.value, "hello world");
+
+    let command = pb::CommandRequest {
+        pbx: "pbx1".into(),
+        command: "core show version".into(),
+    };
+    let denied = client.command(authed(command, "t0ken")).await;
+    assert_eq!(denied.expect_err("denied").code(), tonic::Code::PermissionDenied);
+    let missing = client
+        .core_show_channels(authed(pb::CoreShowChannelsRequest { pbx: "nope".into() }, "t0ken"))
+        .await;
+    assert_eq!(missing.expect_err("unknown pbx").code(), tonic::Code::NotFound);
+    rig.stop().await;
 }
