@@ -119,6 +119,13 @@ pub struct AmiSettings {
     /// callers are authorised by NATS itself (account permissions on
     /// `sb.cmd.ami.<pbx>.action`).
     pub api_token: Option<Secret>,
+    /// Hold one active session per PBX across replicas with a lease in the KV
+    /// bucket `SB_AMI_LEASES`; off runs every session unconditionally.
+    pub lease: bool,
+    /// The lease's TTL: a dead holder's lease expires after at most this, and a
+    /// standby takes over within about TTL + TTL/6.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for AmiSettings {
@@ -139,6 +146,8 @@ impl Default for AmiSettings {
             max_headers: limits.max_headers,
             publish_window: 4096,
             api_token: None,
+            lease: true,
+            lease_ttl: Duration::from_secs(3),
         }
     }
 }
@@ -169,6 +178,9 @@ impl AmiSettings {
         }
         if self.max_line == 0 || self.max_message < self.max_line || self.max_headers == 0 {
             return Err("ami.max_line, ami.max_headers must be > 0 and ami.max_message >= ami.max_line".into());
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return Err("ami.lease_ttl must be at least 300ms".into());
         }
         if self.publish_window == 0 {
             return Err("ami.publish_window must be > 0".into());

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use switchboard_bus::{Bus, Command, NatsConfig, error_body};
+use switchboard_bus::{Bus, Command, Lease, LeaseState, NatsConfig, error_body};
 use switchboard_proto::ami::v1 as pb;
 use switchboard_proto::common::v1::ErrorCode;
 use tokio::sync::{broadcast, mpsc};
@@ -145,19 +145,35 @@ impl App {
             self.live.clone(),
         ));
         let ctx = session::SessionContext { settings, outbound };
+        let bucket = if self.config.ami.lease {
+            Some(self.base.bus.bucket("AMI_LEASES", self.config.ami.lease_ttl, 1).await?)
+        } else {
+            None
+        };
+        let holder = format!("{SERVICE}-{}-{}", std::process::id(), uuid::Uuid::now_v7());
         let mut tasks = Vec::new();
         for pbx in &self.config.pbx {
             let (Some(rx), Some(handle)) = (self.calls.remove(&pbx.id), self.sessions.get(&pbx.id)) else {
                 continue;
             };
-            tasks.push(session::spawn(
+            let lease = bucket.clone().map(|bucket| {
+                Lease::spawn(
+                    bucket,
+                    switchboard_bus::escape_token(&pbx.id).into_owned(),
+                    holder.clone(),
+                    self.config.ami.lease_ttl,
+                    self.shutdown.clone(),
+                )
+            });
+            tasks.push(tokio::spawn(supervise(
                 pbx.clone(),
                 ctx.clone(),
-                handle.status_cell(),
+                handle.clone(),
                 rx,
+                self.base.bus.clone(),
+                lease,
                 self.shutdown.clone(),
-            ));
-            tasks.push(serve_actions(&self.base.bus, handle.clone(), self.shutdown.clone()).await?);
+            )));
         }
         drop(ctx);
         let Base {
@@ -183,6 +199,69 @@ impl App {
         }
         let _ = publisher.await;
         Ok(())
+    }
+}
+
+/// Runs one PBX: while this replica holds its lease (or always, without a
+/// lease), the session and the PBX's NATS action command; on standby, callers
+/// get an immediate "not connected" instead of a timeout.
+async fn supervise(
+    pbx: PbxConfig,
+    ctx: session::SessionContext,
+    handle: SessionHandle,
+    mut calls: mpsc::Receiver<session::ActionCall>,
+    bus: Bus,
+    lease: Option<Lease>,
+    shutdown: CancellationToken,
+) {
+    let mut state = lease.as_ref().map(Lease::watch);
+    let status = handle.status_cell();
+    loop {
+        if let Some(state) = state.as_mut() {
+            if let Ok(mut s) = status.lock() {
+                s.state = switchboard_proto::common::v1::LinkState::Standby as i32;
+            }
+            // Standby: wait for the lease, refusing actions meanwhile.
+            while *state.borrow_and_update() != LeaseState::Held {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = state.changed() => if changed.is_err() { return },
+                    Some(call) = calls.recv() => session::refuse_standby(call, &pbx.id),
+                }
+            }
+        }
+        let active = shutdown.child_token();
+        let session = session::spawn(pbx.clone(), ctx.clone(), status.clone(), calls, active.clone());
+        let server = match serve_actions(&bus, handle.clone(), active.clone()).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::error!(pbx = %pbx.id, "cannot serve the action command: {e}");
+                None
+            }
+        };
+        match state.as_mut() {
+            Some(state) => loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = state.changed() => {
+                        if changed.is_err() || *state.borrow_and_update() != LeaseState::Held {
+                            tracing::warn!(pbx = %pbx.id, "lease lost; stopping the session");
+                            break;
+                        }
+                    }
+                }
+            },
+            None => shutdown.cancelled().await,
+        }
+        active.cancel();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+        let Ok(returned) = session.await else { return };
+        calls = returned;
+        if shutdown.is_cancelled() {
+            return;
+        }
     }
 }
 

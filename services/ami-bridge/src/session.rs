@@ -376,14 +376,15 @@ pub struct SessionContext {
 }
 
 /// Starts the session task of one PBX; it runs until `shutdown` (or until the
-/// lease is lost, when the caller cancels `shutdown`).
+/// lease is lost, when the caller cancels `shutdown`) and hands the action
+/// receiver back.
 pub fn spawn(
     pbx: PbxConfig,
     ctx: SessionContext,
     status: Arc<Mutex<pb::PbxStatus>>,
     calls: mpsc::Receiver<ActionCall>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<mpsc::Receiver<ActionCall>> {
     tokio::spawn(Session::new(pbx, ctx, status).run(calls, shutdown))
 }
 
@@ -405,6 +406,13 @@ pub fn channel(pbx: &PbxConfig, settings: Arc<AmiSettings>) -> (SessionHandle, m
         },
         rx,
     )
+}
+
+/// Answers an action that arrives while this replica is on standby.
+pub fn refuse_standby(call: ActionCall, pbx: &str) {
+    let _ = call.reply.send(Err(ActionError::NotConnected(format!(
+        "{pbx} (another replica holds its session)"
+    ))));
 }
 
 impl SessionHandle {
@@ -460,7 +468,11 @@ impl Session {
         }
     }
 
-    async fn run(mut self, mut calls: mpsc::Receiver<ActionCall>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut calls: mpsc::Receiver<ActionCall>,
+        shutdown: CancellationToken,
+    ) -> mpsc::Receiver<ActionCall> {
         let mut attempt: u32 = 0;
         loop {
             self.set_status(|s| s.state = LinkState::Connecting as i32);
@@ -478,7 +490,7 @@ impl Session {
                 for call in self.carry.drain(..) {
                     let _ = call.reply.send(Err(ActionError::NotConnected(self.pbx.id.clone())));
                 }
-                return;
+                return calls;
             }
             attempt = attempt.saturating_add(1);
             let delay = backoff(&self.ctx.settings, attempt);
@@ -498,7 +510,7 @@ impl Session {
                 }
             }
             if shutdown.is_cancelled() {
-                return;
+                return calls;
             }
         }
     }
