@@ -438,7 +438,9 @@ impl Parser {
         self.line_start = 0;
         self.state = State::Headers;
         self.follows = false;
-        let mut headers = std::mem::take(&mut self.headers);
+        // The next message is likely the same size: one allocation, no regrowth.
+        let capacity = self.headers.len().next_power_of_two();
+        let mut headers = std::mem::replace(&mut self.headers, Vec::with_capacity(capacity));
         let mut output = std::mem::take(&mut self.output);
         let text = match std::str::from_utf8(&raw) {
             Ok(_) => raw,
