@@ -259,14 +259,16 @@ fn event(name: &str, privilege: &str) -> Out {
     Out::default().h("Event", name).h("Privilege", privilege)
 }
 
-/// A realistic ~360-byte event for floods (the shape of a real `Newexten`).
-fn flood_event(n: u64) -> String {
+/// A realistic ~360-byte event for floods (the shape of a real `Newexten`), with
+/// `SimSeq` (1, 2, ...) to check order and loss and `SimTs` (Unix nanoseconds at
+/// write) to measure latency.
+fn flood_event(n: u64, ts: u128) -> String {
     format!(
         "Event: Newexten\r\nPrivilege: dialplan,all\r\nChannel: PJSIP/101-{n:08x}\r\nChannelState: 6\r\n\
 ChannelStateDesc: Up\r\nCallerIDNum: 101\r\nCallerIDName: Alice\r\nConnectedLineNum: 102\r\n\
 ConnectedLineName: Bob\r\nLanguage: en\r\nAccountCode: \r\nContext: internal\r\nExten: 102\r\nPriority: 2\r\n\
 Uniqueid: 1795319248.{n}\r\nLinkedid: 1795319248.{n}\r\nExtension: 102\r\nApplication: Dial\r\n\
-AppData: PJSIP/102,30\r\nSimSeq: {n}\r\n\r\n"
+AppData: PJSIP/102,30\r\nSimSeq: {n}\r\nSimTs: {ts}\r\n\r\n"
     )
 }
 
@@ -501,9 +503,10 @@ impl Connection {
                     let Some((rate, remaining)) = flood else { continue };
                     let batch = if rate == 0 { 512 } else { (rate / 100).max(1) }.min(remaining);
                     let mut buf = BytesMut::with_capacity(batch as usize * 400);
+                    let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
                     for _ in 0..batch {
                         flood_seq += 1;
-                        buf.extend_from_slice(flood_event(flood_seq).as_bytes());
+                        buf.extend_from_slice(flood_event(flood_seq, ts).as_bytes());
                     }
                     flood = (remaining > batch).then_some((rate, remaining - batch));
                     if rate == 0 { flood_tick.reset_immediately(); }
