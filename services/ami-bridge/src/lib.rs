@@ -6,6 +6,7 @@
 pub mod calls;
 pub mod config;
 pub mod grpc;
+pub mod helpers;
 pub mod parser;
 pub mod session;
 pub mod sim;

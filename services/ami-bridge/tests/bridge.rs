@@ -23,6 +23,7 @@ struct Rig {
     shutdown: CancellationToken,
     app: tokio::task::JoinHandle<Result<(), ami_bridge::Error>>,
     grpc: std::net::SocketAddr,
+    sessions: std::sync::Arc<std::collections::BTreeMap<String, ami_bridge::session::SessionHandle>>,
 }
 
 async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
@@ -59,6 +60,7 @@ async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
     };
     let app = App::build(config, shutdown.clone()).await.expect("app");
     let grpc = app.grpc_addr();
+    let sessions = app.sessions();
     let app = tokio::spawn(app.run());
     Rig {
         _nats: nats,
@@ -68,6 +70,7 @@ async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
         shutdown,
         app,
         grpc,
+        sessions,
     }
 }
 
@@ -420,5 +423,76 @@ async fn grpc_checks_the_caller_and_serves_actions_and_events() {
         .core_show_channels(authed(pb::CoreShowChannelsRequest { pbx: "nope".into() }, "t0ken"))
         .await;
     assert_eq!(missing.expect_err("unknown pbx").code(), tonic::Code::NotFound);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn typed_helpers_and_retry_on_reconnect() {
+    use ami_bridge::helpers::header;
+    let ami = AmiSettings {
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+        ..AmiSettings::default()
+    };
+    let mut rig = rig(AuthMode::Plain, ami).await;
+    let _ = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+    let pbx = rig.sessions.get("pbx1").expect("pbx1").clone();
+
+    let pong = pbx.ping().await.expect("ping");
+    assert_eq!(header(&pong, "Ping"), Some("Pong"));
+    pbx.setvar("", "SB_X", "a b").await.expect("setvar");
+    assert_eq!(
+        header(&pbx.getvar("", "SB_X").await.expect("getvar"), "Value"),
+        Some("a b")
+    );
+    let state = pbx.extension_state("100", "test").await.expect("state");
+    assert_eq!(header(&state, "StatusText"), Some("Unknown"));
+    let status = pbx.channel_status("").await.expect("status");
+    assert_eq!(status.events.last().map(|e| e.event.as_str()), Some("StatusComplete"));
+    pbx.user_event("SbHello", &[("Header1", "one")])
+        .await
+        .expect("user event");
+    let (_, ev) = rig.next(|s| s == "sb.evt.ami.pbx1.raw.UserEvent").await;
+    let ev: pb::RawEvent = ev.data_as().expect("raw");
+    assert!(ev.headers.iter().any(|h| h.name == "Header1" && h.value == "one"));
+    let answered = pbx
+        .originate("Local/100@test", "test", "100", "1", "Bob <1002>")
+        .await
+        .expect("originate");
+    assert_eq!(answered.events[0].event, "OriginateResponse");
+    let refused = pbx.command("core show version").await;
+    assert!(matches!(refused, Err(ami_bridge::session::ActionError::Refused(_))));
+    let injected = pbx.hangup("PJSIP/1\nAction: Logoff").await;
+    assert!(matches!(injected, Err(ami_bridge::session::ActionError::Refused(_))));
+
+    // An action in flight when the session dies is sent again on the next one.
+    rig.sim.control(Control::Stall(Duration::from_secs(2)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let retried = pbx
+        .action(pb::ActionRequest {
+            action: "Ping".into(),
+            timeout_ms: 20_000,
+            retry_on_reconnect: true,
+            ..Default::default()
+        })
+        .await
+        .expect("retried on the next session");
+    assert_eq!(retried.response, "Success");
+    let (_, down) = rig.next(|s| s == "sb.evt.ami.pbx1.link.down").await;
+    let down: pb::LinkEvent = down.data_as().expect("link");
+    assert!(down.reason.starts_with("ping timeout"));
+    // ActionIDs are `<session-id>-<n>`: the answer came from the next session.
+    assert!(
+        !retried.action_id.starts_with(&down.session_id),
+        "{}",
+        retried.action_id
+    );
+    assert!(
+        retried.action_id.starts_with(&pbx.status().session_id),
+        "{}",
+        retried.action_id
+    );
     rig.stop().await;
 }
