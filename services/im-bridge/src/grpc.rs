@@ -11,6 +11,7 @@ use switchboard_proto::im::v1::{
 };
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -20,6 +21,7 @@ use crate::account::Accounts;
 #[derive(Debug, Clone)]
 pub struct ImGrpc {
     accounts: Accounts,
+    shutdown: CancellationToken,
 }
 
 /// Checks `authorization: Bearer <token>` when a token is configured.
@@ -50,9 +52,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The service wrapped in its auth check, ready for `Routes::new`.
-pub fn server(accounts: Accounts, token: Option<Secret>) -> InterceptedService<ImServiceServer<ImGrpc>, BearerAuth> {
-    ImServiceServer::with_interceptor(ImGrpc { accounts }, BearerAuth { token })
+/// The service wrapped in its auth check, ready for `Routes::new`. Open
+/// message streams end when `shutdown` is cancelled, so they do not hold the
+/// server's graceful shutdown.
+pub fn server(
+    accounts: Accounts,
+    token: Option<Secret>,
+    shutdown: CancellationToken,
+) -> InterceptedService<ImServiceServer<ImGrpc>, BearerAuth> {
+    ImServiceServer::with_interceptor(ImGrpc { accounts, shutdown }, BearerAuth { token })
 }
 
 #[tonic::async_trait]
@@ -91,6 +99,9 @@ impl ImService for ImGrpc {
             Ok(_) => None,
             Err(lagged) => Some(Err(Status::data_loss(format!("stream fell behind: {lagged}")))),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(futures::StreamExt::take_until(
+            stream,
+            self.shutdown.clone().cancelled_owned(),
+        ))))
     }
 }

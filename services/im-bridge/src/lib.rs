@@ -180,7 +180,11 @@ impl App {
         } = base;
         let endpoints = Endpoints {
             router: axum::Router::new(),
-            grpc: tonic::service::Routes::new(grpc::server(accounts.clone(), config.grpc_auth.token.clone())),
+            grpc: tonic::service::Routes::new(grpc::server(
+                accounts.clone(),
+                config.grpc_auth.token.clone(),
+                shutdown.clone(),
+            )),
             grpc_services: vec![switchboard_proto::service_names::IM],
             health,
         };
