@@ -70,8 +70,12 @@ async fn check_serving(name: &str, running: Running) {
 }
 
 macro_rules! start {
-    ($krate:ident, $nats:expr) => {{
+    ($krate:ident, $nats:expr) => {
+        start!($krate, $nats, |_config: &mut $krate::Config| {})
+    };
+    ($krate:ident, $nats:expr, $adjust:expr) => {{
         let mut config = $krate::Config::default();
+        $adjust(&mut config);
         config.nats.url = $nats.url();
         config.http.listen = "127.0.0.1:0".parse().expect("addr");
         config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
@@ -109,7 +113,10 @@ async fn ws_push_serves_health_and_stops() {
 #[tokio::test]
 async fn chat_store_serves_health_and_stops() {
     let nats = NatsServer::start().expect("nats-server");
-    check_serving("chat-store", start!(chat_store, nats)).await;
+    let data = tempfile::tempdir().expect("data dir");
+    let in_temp_dir = |config: &mut chat_store::Config| config.data_dir = data.path().to_path_buf();
+    check_serving("chat-store", start!(chat_store, nats, in_temp_dir)).await;
+    assert!(data.path().join("chat.db").is_file(), "SQLite is the embedded default, in data_dir");
 }
 
 #[tokio::test]
