@@ -60,6 +60,11 @@ pub struct App {
 impl App {
     /// Opens and migrates the database, binds the ports, connects to NATS.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
+        if config.auth.jwt_secret.is_empty() && config.auth.key_url.is_empty() {
+            // Valid, so the stack starts with no setup (`switchboard up`), but say why
+            // every browser will be refused.
+            tracing::warn!("neither auth.jwt_secret nor auth.key_url is set: every browser request will be refused");
+        }
         let limits = store::Limits {
             max_text_chars: config.chat.max_text_chars,
             edit_window: config.chat.edit_window,
