@@ -488,8 +488,12 @@ impl Engine {
             let message = match next {
                 None => break,
                 Some(Err(error)) => {
-                    tracing::warn!(rule, %error, "pull failed; going on");
-                    continue;
+                    tracing::warn!(rule, %error, "pull failed; retrying");
+                    // Do not spin when the server keeps failing (consumer deleted...).
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
                 }
                 Some(Ok(message)) => message,
             };
