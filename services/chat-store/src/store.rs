@@ -1435,7 +1435,8 @@ pub fn attachment_url(id: &str) -> String {
     format!("/api/v1/attachments/{id}")
 }
 
-fn attachment_to_proto(a: &attachment::Model) -> pb::Attachment {
+/// The proto shape of an attachment.
+pub fn attachment_to_proto(a: &attachment::Model) -> pb::Attachment {
     pb::Attachment {
         id: a.id.clone(),
         content_type: a.content_type.clone(),
