@@ -32,6 +32,8 @@ pub struct Config {
     pub management: ManagementConfig,
     /// Translation of messages on request (off unless a URL is set).
     pub translate: TranslateConfig,
+    /// Image attachments.
+    pub attachments: AttachmentsConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             management: ManagementConfig::default(),
             translate: TranslateConfig::default(),
+            attachments: AttachmentsConfig::default(),
         }
     }
 }
@@ -164,6 +167,31 @@ impl Default for TranslateConfig {
     }
 }
 
+/// `[attachments]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// The largest upload, in bytes.
+    pub max_bytes: usize,
+    /// The largest width or height accepted, in pixels.
+    pub max_dimension: u32,
+    /// Thumbnails fit in this square, in pixels.
+    pub thumbnail_size: u32,
+    /// Where files are kept; empty means `data_dir/attachments`.
+    pub dir: PathBuf,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 5 * 1024 * 1024,
+            max_dimension: 8192,
+            thumbnail_size: 256,
+            dir: PathBuf::new(),
+        }
+    }
+}
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.nats.validate().map_err(|e| e.to_string())?;
@@ -191,6 +219,12 @@ impl Validate for Config {
             if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(format!("{key} must be an http:// or https:// URL"));
             }
+        }
+        if self.attachments.max_bytes == 0
+            || self.attachments.max_dimension == 0
+            || self.attachments.thumbnail_size == 0
+        {
+            return Err("attachments.max_bytes, max_dimension and thumbnail_size must be at least 1".into());
         }
         Ok(())
     }

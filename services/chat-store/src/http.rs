@@ -28,6 +28,8 @@ pub struct HttpState {
     pub chat: Chat,
     /// The management API's gate.
     pub management: Management,
+    /// The largest upload accepted, in bytes.
+    pub max_upload: usize,
 }
 
 /// Errors as JSON: `{"code": "ERROR_CODE_...", "reason": "blocked", "message": "..."}`.
@@ -178,6 +180,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/search", get(search_messages))
         .route("/api/v1/contacts", get(search_contacts))
         .route("/api/v1/users", get(users))
+        .route(
+            "/api/v1/attachments",
+            post(upload).layer(axum::extract::DefaultBodyLimit::max(state.max_upload.saturating_add(1))),
+        )
+        .route("/api/v1/attachments/{id}", get(attachment_image))
+        .route("/api/v1/attachments/{id}/thumbnail", get(attachment_thumbnail))
         .route("/api/v1/admin/messages", get(admin_messages))
         .route("/api/v1/admin/messages/{id}", delete(admin_delete))
         .route("/api/v1/admin/complaints", get(admin_complaints))
@@ -681,6 +689,54 @@ async fn manage_list_admins(State(state): State<HttpState>, _manager: Manager) -
     Ok(Json(AdminsBody {
         admins: state.chat.store().list_admins().await?,
     }))
+}
+
+async fn upload(
+    State(state): State<HttpState>,
+    User(caller): User,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<pb::Attachment>), Error> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::ResourceExhausted(format!("an image may be at most {} bytes", state.max_upload))
+        } else {
+            Error::InvalidArgument(e.body_text())
+        }
+    })?;
+    Ok((StatusCode::CREATED, Json(state.chat.upload(&caller, body).await?)))
+}
+
+async fn serve_attachment(state: HttpState, caller: Caller, id: String, thumbnail: bool) -> Result<Response, Error> {
+    let (content_type, bytes) = state.chat.attachment_bytes(&caller, &id, thumbnail).await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (axum::http::header::CACHE_CONTROL, "private, max-age=86400".to_owned()),
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'".to_owned(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn attachment_image(
+    State(state): State<HttpState>,
+    User(caller): User,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    serve_attachment(state, caller, id, false).await
+}
+
+async fn attachment_thumbnail(
+    State(state): State<HttpState>,
+    User(caller): User,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    serve_attachment(state, caller, id, true).await
 }
 
 async fn openapi() -> Json<serde_json::Value> {

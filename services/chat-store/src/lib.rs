@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use switchboard_runtime::{Base, Endpoints};
 use tokio_util::sync::CancellationToken;
 
+pub mod attachments;
 pub mod auth;
 pub mod backend;
 pub mod config;
@@ -54,6 +55,7 @@ pub struct App {
     base: Base,
     chat: Chat,
     management: Management,
+    max_upload: usize,
     shutdown: CancellationToken,
 }
 
@@ -80,11 +82,26 @@ impl App {
         let auth = Auth::new(&config.auth, store.clone())?;
         let limiter = RateLimiter::new(config.chat.rate_per_minute, config.chat.rate_burst);
         let translator = Translator::new(&config.translate)?;
-        let chat = Chat::new(store, base.bus.clone(), auth, limiter, translator);
+        let dir = if config.attachments.dir.as_os_str().is_empty() {
+            config.data_dir.join("attachments")
+        } else {
+            config.attachments.dir.clone()
+        };
+        let chat = Chat::new(service::Parts {
+            store,
+            bus: base.bus.clone(),
+            auth,
+            limiter,
+            translator,
+            blobs: attachments::Blobs::local(&dir)?,
+            attachments: config.attachments.clone(),
+        });
+        let max_upload = config.attachments.max_bytes;
         Ok(Self {
             base,
             chat,
             management: Management::new(config.management),
+            max_upload,
             shutdown,
         })
     }
@@ -116,6 +133,7 @@ impl App {
         let router = http::router(http::HttpState {
             chat: self.chat.clone(),
             management: self.management.clone(),
+            max_upload: self.max_upload,
         });
         let endpoints = Endpoints {
             router,

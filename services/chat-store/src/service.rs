@@ -12,8 +12,12 @@ use switchboard_bus::{Bus, event_types};
 use switchboard_proto::chat::v1 as pb;
 use switchboard_proto::push::v1::Push;
 
+use bytes::Bytes;
+
+use crate::attachments::{self, Blobs};
 use crate::auth::Auth;
-use crate::entity::message;
+use crate::config::AttachmentsConfig;
+use crate::entity::{attachment, message};
 use crate::error::Error;
 use crate::store::{Caller, Marked, NewMessage, Receipt, Sent, Store, check_user_id, timestamp};
 use crate::translate::{Translator, check_lang};
@@ -78,6 +82,25 @@ impl RateLimiter {
     }
 }
 
+/// What a [`Chat`] is made of.
+#[derive(Debug)]
+pub struct Parts {
+    /// The database.
+    pub store: Store,
+    /// The bus.
+    pub bus: Bus,
+    /// The authenticator.
+    pub auth: Auth,
+    /// Per-user rate limits.
+    pub limiter: RateLimiter,
+    /// The translator, when configured.
+    pub translator: Option<Translator>,
+    /// Where attachments are kept.
+    pub blobs: Blobs,
+    /// Attachment limits.
+    pub attachments: AttachmentsConfig,
+}
+
 /// Everything an interface needs.
 #[derive(Debug, Clone)]
 pub struct Chat {
@@ -91,20 +114,68 @@ struct Inner {
     auth: Auth,
     limiter: RateLimiter,
     translator: Option<Translator>,
+    blobs: Blobs,
+    attachments: AttachmentsConfig,
 }
 
 impl Chat {
     /// Wires the parts together.
-    pub fn new(store: Store, bus: Bus, auth: Auth, limiter: RateLimiter, translator: Option<Translator>) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
-                bus,
-                auth,
-                limiter,
-                translator,
+                store: parts.store,
+                bus: parts.bus,
+                auth: parts.auth,
+                limiter: parts.limiter,
+                translator: parts.translator,
+                blobs: parts.blobs,
+                attachments: parts.attachments,
             }),
         }
+    }
+
+    /// Checks, re-encodes and stores an uploaded image for `caller` to send.
+    pub async fn upload(&self, caller: &Caller, data: Bytes) -> Result<pb::Attachment, Error> {
+        let config = self.inner.attachments.clone();
+        let processed = tokio::task::spawn_blocking(move || attachments::process(&data, &config))
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("the image could not be processed: {e}")))??;
+        let id = uuid::Uuid::now_v7().to_string();
+        let extension = if processed.content_type == "image/jpeg" {
+            "jpg"
+        } else {
+            "png"
+        };
+        let blob_key = format!("{id}.{extension}");
+        let thumbnail_key = format!("{id}.thumb.{extension}");
+        let size = processed.image.len();
+        self.inner.blobs.put(&blob_key, processed.image).await?;
+        self.inner.blobs.put(&thumbnail_key, processed.thumbnail).await?;
+        let model = attachment::Model {
+            id,
+            owner: caller.user.clone(),
+            content_type: processed.content_type.to_owned(),
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            width: i32::try_from(processed.width).unwrap_or(i32::MAX),
+            height: i32::try_from(processed.height).unwrap_or(i32::MAX),
+            blob_key,
+            thumbnail_key,
+            created_at: crate::store::now_ms(),
+            message_id: None,
+        };
+        self.inner.store.put_attachment(model.clone()).await?;
+        Ok(crate::store::attachment_to_proto(&model))
+    }
+
+    /// An attachment's bytes (or its thumbnail's) and type, if the caller may see it.
+    pub async fn attachment_bytes(&self, caller: &Caller, id: &str, thumbnail: bool) -> Result<(String, Bytes), Error> {
+        let found = self.inner.store.attachment(caller, id).await?;
+        let key = if thumbnail {
+            &found.thumbnail_key
+        } else {
+            &found.blob_key
+        };
+        Ok((found.content_type.clone(), self.inner.blobs.get(key).await?))
     }
 
     /// A message's text in `lang`: from the cache, else from the translator (then
@@ -128,9 +199,12 @@ impl Chat {
         Ok(text)
     }
 
-    /// Erases a user and everything they sent or received.
+    /// Erases a user, everything they sent or received, and their files.
     pub async fn erase_user(&self, user: &str) -> Result<pb::EraseUserReply, Error> {
         let erased = self.inner.store.erase_user(user).await?;
+        for key in &erased.blob_keys {
+            self.inner.blobs.delete(key).await;
+        }
         Ok(pb::EraseUserReply {
             messages_erased: erased.messages,
             attachments_erased: erased.attachments,

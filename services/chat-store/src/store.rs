@@ -232,6 +232,29 @@ pub struct UserInfo {
     pub status: String,
 }
 
+/// What a batch send did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Messages stored.
+    pub stored: u64,
+    /// Messages whose client id was seen before (nothing stored).
+    pub duplicates: u64,
+}
+
+impl BatchOutcome {
+    fn count(&mut self, duplicate: bool) {
+        if duplicate {
+            self.duplicates += 1;
+        } else {
+            self.stored += 1;
+        }
+    }
+}
+
+fn clean_user_agent(user_agent: &str) -> String {
+    user_agent.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
 /// What erasing a user removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Erased {
@@ -456,26 +479,113 @@ impl Store {
         })
     }
 
-    /// Sends many messages in one transaction (site imports, benchmarks): each is
-    /// checked like [`Store::send`]; the first refusal aborts the whole batch.
-    pub async fn send_many(&self, batch: Vec<(Caller, NewMessage)>) -> Result<Vec<(message::Model, bool)>, Error> {
+    /// Sends many messages in one transaction (site imports, bulk senders,
+    /// benchmarks), checked like [`Store::send`] but set-wise: one idempotency query,
+    /// one block query and one multi-row insert per chunk. The first refusal aborts
+    /// the whole batch. Messages with attachments go through the one-by-one path.
+    pub async fn send_many(&self, batch: Vec<(Caller, NewMessage)>) -> Result<BatchOutcome, Error> {
         let txn = self.db.begin().await?;
         let now = now_ms();
-        let mut out = Vec::with_capacity(batch.len());
-        for (caller, new) in batch {
-            out.push(self.send_in(&txn, &caller, new, now).await?);
+        let mut outcome = BatchOutcome::default();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut plain = Vec::with_capacity(batch.len());
+        for (caller, mut new) in batch {
+            if new.attachment_id.is_some() {
+                let (_, duplicate) = self.send_in(&txn, &caller, new, now).await?;
+                outcome.count(duplicate);
+                continue;
+            }
+            self.check_new(&caller, &new)?;
+            if new.client_id.is_empty() {
+                new.client_id = uuid::Uuid::now_v7().to_string();
+            }
+            if !seen.insert((caller.user.clone(), new.client_id.clone())) {
+                outcome.count(true);
+                continue;
+            }
+            plain.push((caller, new));
+        }
+        for chunk in plain.chunks(500) {
+            let backend = txn.get_database_backend();
+            let pairs: Vec<Value> = chunk
+                .iter()
+                .flat_map(|(c, n)| [c.user.clone().into(), n.client_id.clone().into()])
+                .collect();
+            let rows = txn
+                .query_all_raw(stmt(
+                    backend,
+                    &format!(
+                        "SELECT sender, client_id FROM messages WHERE (sender, client_id) IN (VALUES {})",
+                        vec!["(?, ?)"; chunk.len()].join(", ")
+                    ),
+                    pairs,
+                ))
+                .await?;
+            let mut existing: HashSet<(String, String)> = HashSet::new();
+            for row in rows {
+                existing.insert((row.try_get_by_index(0)?, row.try_get_by_index(1)?));
+            }
+            let checked: Vec<&(Caller, NewMessage)> = chunk.iter().filter(|(c, _)| !c.admin).collect();
+            if !checked.is_empty() {
+                let pairs: Vec<Value> = checked
+                    .iter()
+                    .flat_map(|(c, n)| {
+                        [
+                            n.to.clone().into(),
+                            c.user.clone().into(),
+                            c.user.clone().into(),
+                            n.to.clone().into(),
+                        ]
+                    })
+                    .collect();
+                let blocked = txn
+                    .query_all_raw(stmt(
+                        backend,
+                        &format!(
+                            "SELECT owner, other FROM relations WHERE kind = ? AND (owner, other) IN (VALUES {})",
+                            vec!["(?, ?)"; checked.len() * 2].join(", ")
+                        ),
+                        std::iter::once(Value::from(relation::BLOCKED)).chain(pairs).collect(),
+                    ))
+                    .await?;
+                if let Some(row) = blocked.first() {
+                    let owner: String = row.try_get_by_index(0)?;
+                    let other: String = row.try_get_by_index(1)?;
+                    return Err(Error::Blocked(format!(
+                        "{owner} has blocked {other}; the batch was not sent"
+                    )));
+                }
+            }
+            let models: Vec<message::ActiveModel> = chunk
+                .iter()
+                .filter(|(c, n)| {
+                    let duplicate = existing.contains(&(c.user.clone(), n.client_id.clone()));
+                    outcome.count(duplicate);
+                    !duplicate
+                })
+                .map(|(c, n)| message::ActiveModel {
+                    client_id: Set(n.client_id.clone()),
+                    sender: Set(c.user.clone()),
+                    recipient: Set(n.to.clone()),
+                    dialog: Set(dialog_key(&c.user, &n.to)),
+                    text: Set(n.text.clone()),
+                    attachment_id: Set(None),
+                    user_agent: Set(clean_user_agent(&n.user_agent)),
+                    created_at: Set(now),
+                    ..Default::default()
+                })
+                .collect();
+            if !models.is_empty() {
+                message::Entity::insert_many(models)
+                    .exec_without_returning(&txn)
+                    .await?;
+            }
         }
         txn.commit().await?;
-        Ok(out)
+        Ok(outcome)
     }
 
-    async fn send_in<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        caller: &Caller,
-        new: NewMessage,
-        now: i64,
-    ) -> Result<(message::Model, bool), Error> {
+    fn check_new(&self, caller: &Caller, new: &NewMessage) -> Result<(), Error> {
         check_user_id("from", &caller.user)?;
         check_user_id("to", &new.to)?;
         if new.to == caller.user {
@@ -490,7 +600,18 @@ impl Store {
                 "client_id must be at most {MAX_ID_LEN} bytes without control characters"
             )));
         }
-        let user_agent: String = new.user_agent.chars().filter(|c| !c.is_control()).take(256).collect();
+        Ok(())
+    }
+
+    async fn send_in<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        caller: &Caller,
+        new: NewMessage,
+        now: i64,
+    ) -> Result<(message::Model, bool), Error> {
+        self.check_new(caller, &new)?;
+        let user_agent = clean_user_agent(&new.user_agent);
         let client_id = if new.client_id.is_empty() {
             uuid::Uuid::now_v7().to_string()
         } else {
@@ -1435,7 +1556,8 @@ pub fn attachment_url(id: &str) -> String {
     format!("/api/v1/attachments/{id}")
 }
 
-fn attachment_to_proto(a: &attachment::Model) -> pb::Attachment {
+/// The proto shape of an attachment.
+pub fn attachment_to_proto(a: &attachment::Model) -> pb::Attachment {
     pb::Attachment {
         id: a.id.clone(),
         content_type: a.content_type.clone(),

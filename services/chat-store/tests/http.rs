@@ -27,6 +27,7 @@ struct Running {
     nats: async_nats::Client,
     shutdown: CancellationToken,
     _db: TestDb,
+    _data: tempfile::TempDir,
     _nats_server: NatsServer,
     http: reqwest::Client,
 }
@@ -40,7 +41,11 @@ impl Drop for Running {
 async fn start(backend: Backend, configure: impl FnOnce(&mut Config)) -> Running {
     let nats_server = NatsServer::start().expect("nats-server");
     let db = TestDb::new(backend).await;
-    let mut config = Config::default();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = Config {
+        data_dir: data.path().to_owned(),
+        ..Config::default()
+    };
     config.nats.url = nats_server.url();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
@@ -62,6 +67,7 @@ async fn start(backend: Backend, configure: impl FnOnce(&mut Config)) -> Running
         nats,
         shutdown,
         _db: db,
+        _data: data,
         _nats_server: nats_server,
         http: reqwest::Client::new(),
     }
@@ -609,3 +615,147 @@ fn with_key<T>(body: T) -> tonic::Request<T> {
 }
 
 both!(site_backends, site_backends_use_grpc_with_a_key_and_nats_commands);
+
+/// A PNG with a `tEXt` chunk carrying `secret` after the header.
+fn png_with_metadata(width: u32, height: u32, secret: &str) -> Vec<u8> {
+    let image = image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 90, 255])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).expect("png");
+    let png = png.into_inner();
+    let mut chunk_data = b"Comment\0".to_vec();
+    chunk_data.extend_from_slice(secret.as_bytes());
+    let mut chunk = (chunk_data.len() as u32).to_be_bytes().to_vec();
+    let mut typed = b"tEXt".to_vec();
+    typed.extend_from_slice(&chunk_data);
+    chunk.extend_from_slice(&typed);
+    chunk.extend_from_slice(&crc32(&typed).to_be_bytes());
+    // Signature (8) + IHDR chunk (25), then the text chunk.
+    let mut out = png[..33].to_vec();
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&png[33..]);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+async fn images_are_decoded_reencoded_and_served_to_participants_only(backend: Backend) {
+    let app = start(backend, |c| c.attachments.max_bytes = 200_000).await;
+    let upload = |user: &str, body: Vec<u8>| {
+        app.http
+            .post(format!("{}/api/v1/attachments", app.base))
+            .bearer_auth(token(user, false))
+            .body(body)
+            .send()
+    };
+    let original = png_with_metadata(600, 300, "GPS-SECRET-42");
+    assert!(image::load_from_memory(&original).is_ok(), "the crafted PNG is valid");
+    let response = upload("alice", original).await.expect("upload");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let attachment: Value = response.json().await.expect("json");
+    assert_eq!(attachment["contentType"], "image/png");
+    assert_eq!(attachment["width"], 600);
+    let id = attachment["id"].as_str().expect("id").to_owned();
+
+    // Not images, or too big: refused before anything is stored.
+    let refused = upload("alice", b"GIF89a but not really".to_vec())
+        .await
+        .expect("upload");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused = upload("alice", b"<html>hi</html>".to_vec()).await.expect("upload");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused = upload("alice", vec![0u8; 300_000]).await.expect("upload");
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Bob cannot fetch it until it is sent to him; eve never.
+    let fetch = |user: &str, path: String| {
+        app.http
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(token(user, false))
+            .send()
+    };
+    let url = format!("/api/v1/attachments/{id}");
+    assert_eq!(
+        fetch("bob", url.clone()).await.expect("get").status(),
+        StatusCode::NOT_FOUND
+    );
+    let (status, sent) = app
+        .call(
+            "POST",
+            "alice",
+            "/api/v1/messages",
+            Some(json!({ "to": "bob", "attachmentId": id })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sent}");
+    assert_eq!(sent["message"]["attachment"]["id"], id.as_str());
+    let (status, _) = app
+        .call(
+            "POST",
+            "alice",
+            "/api/v1/messages",
+            Some(json!({ "to": "carol", "attachmentId": id })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "an attachment is sent once");
+    let stored = fetch("bob", url.clone()).await.expect("get");
+    assert_eq!(stored.status(), StatusCode::OK);
+    assert_eq!(stored.headers()["content-type"], "image/png");
+    assert_eq!(stored.headers()["x-content-type-options"], "nosniff");
+    let bytes = stored.bytes().await.expect("bytes");
+    assert!(!bytes.windows(13).any(|w| w == b"GPS-SECRET-42"), "metadata dropped");
+    let decoded = image::load_from_memory(&bytes).expect("decodes");
+    assert_eq!((decoded.width(), decoded.height()), (600, 300));
+    let thumb = fetch("bob", format!("{url}/thumbnail")).await.expect("thumb");
+    let thumb = image::load_from_memory(&thumb.bytes().await.expect("bytes")).expect("decodes");
+    assert_eq!((thumb.width(), thumb.height()), (256, 128));
+    assert_eq!(
+        fetch("eve", url.clone()).await.expect("get").status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let root = app
+        .http
+        .get(format!("{}/api/v1/admin/messages?attachmentsOnly=true", app.base))
+        .bearer_auth(token("root", false))
+        .send()
+        .await
+        .expect("admin");
+    let only: Value = root.json().await.expect("json");
+    assert_eq!(only["messages"].as_array().map(Vec::len), Some(1), "{only}");
+
+    // Erasing the uploader removes the files too.
+    let erased: Value = app
+        .http
+        .delete(format!("{}/api/v1/manage/users/alice", app.base))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("erase")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(erased["attachmentsErased"], "1");
+    let files = std::fs::read_dir(app._data.path().join("attachments"))
+        .expect("dir")
+        .count();
+    assert_eq!(files, 0, "blobs deleted");
+}
+both!(
+    attachments,
+    images_are_decoded_reencoded_and_served_to_participants_only
+);

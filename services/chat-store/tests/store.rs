@@ -521,3 +521,44 @@ async fn migrations_are_idempotent_across_restarts(backend: Backend) {
     assert_eq!(messages.len(), 1);
 }
 both!(reopen, migrations_are_idempotent_across_restarts);
+
+async fn batches_are_checked_and_idempotent(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    store
+        .send(&Caller::user("alice"), with_client_id("bob", "before", "b-1"))
+        .await
+        .expect("send");
+    let batch = vec![
+        (Caller::user("alice"), with_client_id("bob", "before", "b-1")),
+        (Caller::user("alice"), with_client_id("bob", "one", "b-2")),
+        (Caller::user("alice"), with_client_id("bob", "one again", "b-2")),
+        (Caller::user("carol"), with_client_id("bob", "two", "b-1")),
+    ];
+    let outcome = store.send_many(batch.clone()).await.expect("batch");
+    assert_eq!(outcome.stored, 2);
+    assert_eq!(outcome.duplicates, 2);
+    let again = store.send_many(batch).await.expect("retry");
+    assert_eq!(again.stored, 0, "a retried batch stores nothing");
+    assert_eq!(store.count_unread(&Caller::user("bob"), None).await.expect("count"), 3);
+    store
+        .set_relation(&Caller::user("bob"), "dave", RelationKind::Blocked, true)
+        .await
+        .expect("block");
+    let refused = store
+        .send_many(vec![
+            (Caller::user("eve"), with_client_id("bob", "fine", "e-1")),
+            (Caller::user("dave"), with_client_id("bob", "blocked", "d-1")),
+        ])
+        .await;
+    assert!(matches!(refused, Err(Error::Blocked(_))), "{refused:?}");
+    assert_eq!(
+        store.count_unread(&Caller::user("bob"), None).await.expect("count"),
+        3,
+        "a refused batch stores nothing"
+    );
+    let too_long = store
+        .send_many(vec![(Caller::user("eve"), text("bob", &"x".repeat(5000)))])
+        .await;
+    assert!(matches!(too_long, Err(Error::ResourceExhausted(_))));
+}
+both!(batches, batches_are_checked_and_idempotent);
