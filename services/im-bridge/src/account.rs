@@ -538,8 +538,14 @@ impl AccountTask {
     async fn deliver(&self, session: &mut Session, mut out: Outbound) {
         let result = session.send(&out.to, &out.text, out.kind, &out.message_id).await;
         match &result {
-            Ok((id, parts)) => tracing::debug!(account = %self.id(), message_id = %id, parts, "sent"),
-            Err(e) => tracing::warn!(account = %self.id(), message_id = %out.message_id, error = %e, "send failed"),
+            Ok((id, parts)) => {
+                metrics::counter!("im_messages_sent_total", "account" => self.id().to_owned()).increment(1);
+                tracing::debug!(account = %self.id(), message_id = %id, parts, "sent");
+            }
+            Err(e) => {
+                metrics::counter!("im_send_failures_total", "account" => self.id().to_owned()).increment(1);
+                tracing::warn!(account = %self.id(), message_id = %out.message_id, error = %e, "send failed");
+            }
         }
         out.answer(result.map(|(message_id, parts)| SendReply {
             message_id,
@@ -611,6 +617,7 @@ impl AccountTask {
             address: status.address,
             attempt,
         };
+        metrics::gauge!("im_link_up", "account" => self.id().to_owned()).set(if up { 1.0 } else { 0.0 });
         let bus = &self.shared().bus;
         let subject = bus.subjects().im_link(self.id(), up);
         self.publish(subject, event_types::IM_LINK, &event, None).await;
@@ -621,6 +628,7 @@ impl AccountTask {
             tracing::debug!(account = %self.id(), from = %message.from, "message from a sender not on allow_from dropped");
             return;
         }
+        metrics::counter!("im_messages_received_total", "account" => self.id().to_owned()).increment(1);
         let subject = self.shared().bus.subjects().im_message(self.id());
         let about = if message.room.is_empty() {
             message.from.clone()

@@ -93,6 +93,27 @@ async fn irc_messages_both_ways_direct_and_channel() {
     assert_eq!((accounts[0].id.as_str(), accounts[0].state()), ("irc", LinkState::Up));
     assert_eq!(accounts[0].rooms, vec!["#ops".to_owned()]);
 
+    // Prometheus counters.
+    let metrics = reqwest::get(format!("http://{}/metrics", bridge.http))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    // Other tests in this binary share the process-wide recorder and the account
+    // id, so the counts are at least ours.
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{account=\"irc\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{metrics}"))
+    };
+    assert!(value("im_messages_received_total") >= 2.0);
+    assert!(value("im_messages_sent_total") >= 2.0);
+    assert!(value("im_link_up") <= 1.0);
+
     bridge.stop().await;
     let down: LinkEvent = next_event(&mut links).await;
     assert_eq!(down.state(), LinkState::Down);
