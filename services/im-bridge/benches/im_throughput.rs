@@ -192,6 +192,11 @@ async fn xmpp(rows: &mut Vec<Row>) {
             break;
         }
     }
+    // Messages to a bare JID reach only resources that sent available presence.
+    alice
+        .send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
+        .await
+        .expect("presence");
 
     let start = Instant::now();
     let sender = pipelined_sends(&bus, "xmpp", "alice@localhost", XMPP_N);
