@@ -27,6 +27,12 @@ const QUEUE_GROUP: &str = "im-bridge";
 /// How long a send waits for the account task's answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a `client_id` is remembered, so a retried send is not sent twice.
+const CLIENT_ID_TTL: Duration = Duration::from_secs(300);
+
+/// At most this many `client_id`s are remembered per account.
+const CLIENT_ID_MAX: usize = 10_000;
+
 #[derive(Debug, Clone)]
 struct Status {
     state: LinkState,
@@ -64,6 +70,7 @@ pub struct AccountHandle {
     active: AtomicBool,
     tx: mpsc::Sender<Outbound>,
     rx: Mutex<Option<mpsc::Receiver<Outbound>>>,
+    sent_by_client_id: Mutex<std::collections::HashMap<String, (SendReply, Instant)>>,
 }
 
 impl AccountHandle {
@@ -87,6 +94,7 @@ impl AccountHandle {
             active: AtomicBool::new(false),
             tx,
             rx: Mutex::new(Some(rx)),
+            sent_by_client_id: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -161,7 +169,42 @@ impl AccountHandle {
     }
 
     /// Sends through this process's session (the caller checked it holds the lease).
+    /// A send with a non-empty `client_id` seen in the last five minutes gets the
+    /// first send's reply again instead of being sent twice.
     pub async fn send_local(&self, request: SendRequest, limits: &OutboundConfig) -> Result<SendReply, Error> {
+        let client_id = request.client_id.clone();
+        if !client_id.is_empty()
+            && let Some(reply) = self.remembered(&client_id)
+        {
+            return Ok(reply);
+        }
+        let result = self.send_once(request, limits).await;
+        if let Ok(reply) = &result
+            && !client_id.is_empty()
+        {
+            self.remember(client_id, reply.clone());
+        }
+        result
+    }
+
+    fn remembered(&self, client_id: &str) -> Option<SendReply> {
+        let cache = self.sent_by_client_id.lock().ok()?;
+        cache
+            .get(client_id)
+            .filter(|(_, at)| at.elapsed() < CLIENT_ID_TTL)
+            .map(|(reply, _)| reply.clone())
+    }
+
+    fn remember(&self, client_id: String, reply: SendReply) {
+        if let Ok(mut cache) = self.sent_by_client_id.lock() {
+            cache.retain(|_, (_, at)| at.elapsed() < CLIENT_ID_TTL);
+            if cache.len() < CLIENT_ID_MAX {
+                cache.insert(client_id, (reply, Instant::now()));
+            }
+        }
+    }
+
+    async fn send_once(&self, request: SendRequest, limits: &OutboundConfig) -> Result<SendReply, Error> {
         let kind = self.check(&request, limits)?;
         let (reply, answer) = oneshot::channel();
         let outbound = Outbound {

@@ -158,7 +158,16 @@ async fn irc_long_non_ascii_and_cr_lf_text() {
     for expected in ["first", "QUIT :injected", "JOIN #evil"] {
         assert_eq!(alice.next_privmsg().await.text, expected);
     }
-    // Still connected and usable after it.
+    // A retry with the same client_id is answered, not sent again.
+    let mut once = send("irc", "alice", "exactly once");
+    once.client_id = "retry-1".to_owned();
+    let first = bridge.accounts.send(once.clone()).await.expect("first");
+    let again = bridge.accounts.send(once).await.expect("retry");
+    assert_eq!(first.message_id, again.message_id);
+    assert_eq!(alice.next_privmsg().await.text, "exactly once");
+
+    // Still connected and usable after it (and the retry was not delivered: the
+    // next line the peer sees is this one).
     bridge
         .accounts
         .send(send("irc", "alice", "still here"))
