@@ -27,6 +27,12 @@ const QUEUE_GROUP: &str = "im-bridge";
 /// How long a send waits for the account task's answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a `client_id` is remembered, so a retried send is not sent twice.
+const CLIENT_ID_TTL: Duration = Duration::from_secs(300);
+
+/// At most this many `client_id`s are remembered per account.
+const CLIENT_ID_MAX: usize = 10_000;
+
 #[derive(Debug, Clone)]
 struct Status {
     state: LinkState,
@@ -64,6 +70,7 @@ pub struct AccountHandle {
     active: AtomicBool,
     tx: mpsc::Sender<Outbound>,
     rx: Mutex<Option<mpsc::Receiver<Outbound>>>,
+    sent_by_client_id: Mutex<std::collections::HashMap<String, (SendReply, Instant)>>,
 }
 
 impl AccountHandle {
@@ -87,6 +94,7 @@ impl AccountHandle {
             active: AtomicBool::new(false),
             tx,
             rx: Mutex::new(Some(rx)),
+            sent_by_client_id: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -161,7 +169,42 @@ impl AccountHandle {
     }
 
     /// Sends through this process's session (the caller checked it holds the lease).
+    /// A send with a non-empty `client_id` seen in the last five minutes gets the
+    /// first send's reply again instead of being sent twice.
     pub async fn send_local(&self, request: SendRequest, limits: &OutboundConfig) -> Result<SendReply, Error> {
+        let client_id = request.client_id.clone();
+        if !client_id.is_empty()
+            && let Some(reply) = self.remembered(&client_id)
+        {
+            return Ok(reply);
+        }
+        let result = self.send_once(request, limits).await;
+        if let Ok(reply) = &result
+            && !client_id.is_empty()
+        {
+            self.remember(client_id, reply.clone());
+        }
+        result
+    }
+
+    fn remembered(&self, client_id: &str) -> Option<SendReply> {
+        let cache = self.sent_by_client_id.lock().ok()?;
+        cache
+            .get(client_id)
+            .filter(|(_, at)| at.elapsed() < CLIENT_ID_TTL)
+            .map(|(reply, _)| reply.clone())
+    }
+
+    fn remember(&self, client_id: String, reply: SendReply) {
+        if let Ok(mut cache) = self.sent_by_client_id.lock() {
+            cache.retain(|_, (_, at)| at.elapsed() < CLIENT_ID_TTL);
+            if cache.len() < CLIENT_ID_MAX {
+                cache.insert(client_id, (reply, Instant::now()));
+            }
+        }
+    }
+
+    async fn send_once(&self, request: SendRequest, limits: &OutboundConfig) -> Result<SendReply, Error> {
         let kind = self.check(&request, limits)?;
         let (reply, answer) = oneshot::channel();
         let outbound = Outbound {
@@ -538,8 +581,14 @@ impl AccountTask {
     async fn deliver(&self, session: &mut Session, mut out: Outbound) {
         let result = session.send(&out.to, &out.text, out.kind, &out.message_id).await;
         match &result {
-            Ok((id, parts)) => tracing::debug!(account = %self.id(), message_id = %id, parts, "sent"),
-            Err(e) => tracing::warn!(account = %self.id(), message_id = %out.message_id, error = %e, "send failed"),
+            Ok((id, parts)) => {
+                metrics::counter!("im_messages_sent_total", "account" => self.id().to_owned()).increment(1);
+                tracing::debug!(account = %self.id(), message_id = %id, parts, "sent");
+            }
+            Err(e) => {
+                metrics::counter!("im_send_failures_total", "account" => self.id().to_owned()).increment(1);
+                tracing::warn!(account = %self.id(), message_id = %out.message_id, error = %e, "send failed");
+            }
         }
         out.answer(result.map(|(message_id, parts)| SendReply {
             message_id,
@@ -611,6 +660,7 @@ impl AccountTask {
             address: status.address,
             attempt,
         };
+        metrics::gauge!("im_link_up", "account" => self.id().to_owned()).set(if up { 1.0 } else { 0.0 });
         let bus = &self.shared().bus;
         let subject = bus.subjects().im_link(self.id(), up);
         self.publish(subject, event_types::IM_LINK, &event, None).await;
@@ -621,6 +671,7 @@ impl AccountTask {
             tracing::debug!(account = %self.id(), from = %message.from, "message from a sender not on allow_from dropped");
             return;
         }
+        metrics::counter!("im_messages_received_total", "account" => self.id().to_owned()).increment(1);
         let subject = self.shared().bus.subjects().im_message(self.id());
         let about = if message.room.is_empty() {
             message.from.clone()

@@ -118,6 +118,8 @@ impl App {
             .validate()
             .map_err(|message| switchboard_runtime::RuntimeError::Config { file: None, message })?;
         switchboard_runtime::install_crypto_provider();
+        // The recorder must exist before the first counter is touched.
+        switchboard_runtime::health::prometheus();
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         let lease_bucket = if config.session.lease && !config.accounts.is_empty() {
             Some(base.bus.bucket("IM_LEASES", config.session.lease_ttl, 1).await?)

@@ -93,6 +93,27 @@ async fn irc_messages_both_ways_direct_and_channel() {
     assert_eq!((accounts[0].id.as_str(), accounts[0].state()), ("irc", LinkState::Up));
     assert_eq!(accounts[0].rooms, vec!["#ops".to_owned()]);
 
+    // Prometheus counters.
+    let metrics = reqwest::get(format!("http://{}/metrics", bridge.http))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    // Other tests in this binary share the process-wide recorder and the account
+    // id, so the counts are at least ours.
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{account=\"irc\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{metrics}"))
+    };
+    assert!(value("im_messages_received_total") >= 2.0);
+    assert!(value("im_messages_sent_total") >= 2.0);
+    assert!(value("im_link_up") <= 1.0);
+
     bridge.stop().await;
     let down: LinkEvent = next_event(&mut links).await;
     assert_eq!(down.state(), LinkState::Down);
@@ -137,7 +158,16 @@ async fn irc_long_non_ascii_and_cr_lf_text() {
     for expected in ["first", "QUIT :injected", "JOIN #evil"] {
         assert_eq!(alice.next_privmsg().await.text, expected);
     }
-    // Still connected and usable after it.
+    // A retry with the same client_id is answered, not sent again.
+    let mut once = send("irc", "alice", "exactly once");
+    once.client_id = "retry-1".to_owned();
+    let first = bridge.accounts.send(once.clone()).await.expect("first");
+    let again = bridge.accounts.send(once).await.expect("retry");
+    assert_eq!(first.message_id, again.message_id);
+    assert_eq!(alice.next_privmsg().await.text, "exactly once");
+
+    // Still connected and usable after it (and the retry was not delivered: the
+    // next line the peer sees is this one).
     bridge
         .accounts
         .send(send("irc", "alice", "still here"))
