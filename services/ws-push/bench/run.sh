@@ -59,8 +59,7 @@ if [ -d "$HERE/node_modules/ws" ]; then
   for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$PEER_PORT") 2>/dev/null && break; sleep 0.1; done
   "$LOADGEN" --url "ws://127.0.0.1:$PEER_PORT/ws" --pid $PEER_PID --peer-publish-url "http://127.0.0.1:$PEER_PORT/publish" \
     idle --connections "$IDLE"
-  kill -9 $PEER_PID; node "$HERE/ws-peer.js" "$PEER_PORT" >/dev/null & PEER_PID=$!; PIDS+=($PEER_PID)
-  for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/"$PEER_PORT") 2>/dev/null && break; sleep 0.1; done
+  sleep 2 # the idle sockets close with the generator
   for RATE in 2 10 30; do
     "$LOADGEN" --url "ws://127.0.0.1:$PEER_PORT/ws" --pid $PEER_PID --peer-publish-url "http://127.0.0.1:$PEER_PORT/publish" \
       broadcast --subscribers "$SUBS" --rate $RATE --seconds "$SECS" | tail -n +$([ $RATE = 2 ] && echo 1 || echo 3)

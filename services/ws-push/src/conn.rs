@@ -241,7 +241,10 @@ impl Connection {
                     // A socket that stalls is abandoned when its queue overflows (or
                     // the API disconnects it), or after a ping period plus the pong timeout.
                     let stall = ws.ping_interval + ws.pong_timeout;
+                    // Biased: a write that completes at once never polls the timer or
+                    // registers for the close notification (the common case).
                     tokio::select! {
+                        biased;
                         written = tokio::time::timeout(stall, self.write_items(items, false)) => {
                             written.map_err(|_| Closing::new(close::PING_TIMEOUT, "write stalled"))??;
                         }
