@@ -292,6 +292,7 @@ async fn bad_login_is_reported_and_retried() {
     };
     let app = App::build(config, shutdown.clone()).await.expect("app");
     let sessions = app.sessions();
+    let http = app.http_addr();
     let task = tokio::spawn(app.run());
     let handle = sessions.get("p").expect("session").clone();
     let mut status = handle.status();
@@ -304,6 +305,11 @@ async fn bad_login_is_reported_and_retried() {
     }
     assert_eq!(status.last_error, "login failed: Authentication failed");
     assert_ne!(status.state, LinkState::Up as i32);
+    // Not ready while a PBX is not connected, and /readyz says which and why.
+    let ready = reqwest::get(format!("http://{http}/readyz")).await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    let body = ready.text().await.expect("body");
+    assert!(body.contains("PBX p not connected"), "{body}");
     // The secret never shows in the config's Debug output (what logs would print).
     assert!(
         !format!(
