@@ -107,6 +107,9 @@ impl App {
                 pbx.secret = switchboard_bus::Secret::new(secret);
             }
         }
+        // The runtime installs its Prometheus recorder on the first scrape; install it
+        // now so counts from before that scrape are not lost.
+        let _ = switchboard_runtime::health::prometheus();
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         let settings = Arc::new(config.ami.clone());
         let mut sessions = BTreeMap::new();
