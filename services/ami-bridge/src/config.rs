@@ -215,3 +215,62 @@ pub fn validate_pbx(list: &[PbxConfig]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The environment variable holding a PBX's secret when the config has none:
+/// `SB_PBX_SECRET_<ID>`, the id upper-cased with anything but `A-Z0-9` as `_`
+/// (how the deployment files pass AMI passwords from a Secret).
+pub fn secret_env(id: &str) -> String {
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("SB_PBX_SECRET_{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_env_names() {
+        assert_eq!(secret_env("main"), "SB_PBX_SECRET_MAIN");
+        assert_eq!(secret_env("pbx-2.office"), "SB_PBX_SECRET_PBX_2_OFFICE");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let ok = PbxConfig {
+            id: "a".into(),
+            username: "u".into(),
+            ..PbxConfig::default()
+        };
+        assert!(validate_pbx(std::slice::from_ref(&ok)).is_ok());
+        let dup = validate_pbx(&[ok.clone(), ok.clone()]).expect_err("duplicate");
+        assert!(dup.starts_with("pbx[1].id"), "{dup}");
+        let port = PbxConfig { port: 0, ..ok.clone() };
+        assert_eq!(validate_pbx(&[port]).expect_err("port"), "pbx[0].port must be 1-65535");
+        let crlf = PbxConfig {
+            filters: vec!["Event: X\r\nAction: Logoff".into()],
+            ..ok
+        };
+        assert!(validate_pbx(&[crlf]).is_err());
+        assert!(AmiSettings::default().validate().is_ok());
+        assert!(
+            AmiSettings {
+                lease_ttl: std::time::Duration::from_millis(10),
+                ..AmiSettings::default()
+            }
+            .validate()
+            .is_err()
+        );
+        // Commands from the bus are off unless the deployment removes the deny entry.
+        assert!(!AmiSettings::default().allows_action("command"));
+        assert!(AmiSettings::default().allows_action("Originate"));
+    }
+}

@@ -99,6 +99,17 @@ pub struct App {
 impl App {
     /// Binds the ports, connects to NATS and provisions what the service owns.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
+        let mut config = config;
+        for pbx in &mut config.pbx {
+            if pbx.secret.is_empty()
+                && let Ok(secret) = std::env::var(config::secret_env(&pbx.id))
+            {
+                pbx.secret = switchboard_bus::Secret::new(secret);
+            }
+        }
+        // The runtime installs its Prometheus recorder on the first scrape; install it
+        // now so counts from before that scrape are not lost.
+        let _ = switchboard_runtime::health::prometheus();
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         let settings = Arc::new(config.ami.clone());
         let mut sessions = BTreeMap::new();
@@ -108,6 +119,18 @@ impl App {
             sessions.insert(pbx.id.clone(), handle);
             calls.insert(pbx.id.clone(), rx);
         }
+        let statuses: Vec<_> = sessions.values().map(SessionHandle::status_cell).collect();
+        base.health.add("pbx", move || {
+            use switchboard_proto::common::v1::LinkState;
+            for cell in &statuses {
+                let s = cell.lock().map(|s| s.clone()).unwrap_or_default();
+                let up = s.state == LinkState::Up as i32 || s.state == LinkState::Standby as i32;
+                if !up {
+                    return Err(format!("PBX {} not connected: {}", s.id, s.last_error));
+                }
+            }
+            Ok(())
+        });
         let (live, _) = broadcast::channel(16_384);
         Ok(Self {
             base,

@@ -1038,13 +1038,22 @@ pub async fn publisher(
     let subjects = bus.subjects().clone();
     let mut acks = std::collections::VecDeque::with_capacity(window);
     let mut tracker = crate::calls::CallTracker::default();
+    // Counted locally and flushed to the metrics registry in batches: the hot path
+    // stays free of registry lookups.
+    let mut unflushed: u64 = 0;
     loop {
+        if unflushed >= 4096 {
+            metrics::counter!("ami_raw_events_published_total").increment(unflushed);
+            unflushed = 0;
+        }
         let item = match rx.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {
                 // Idle: settle the acks in flight, then wait.
                 settle(&mut acks, 0).await;
+                metrics::counter!("ami_raw_events_published_total").increment(unflushed);
+                unflushed = 0;
                 match rx.recv().await {
                     Some(item) => item,
                     None => break,
@@ -1054,6 +1063,7 @@ pub async fn publisher(
         let mut published: Vec<(String, switchboard_bus::CloudEvent)> = Vec::with_capacity(2);
         match item {
             Outbound::Raw(raw) => {
+                unflushed += 1;
                 let event = raw.message.event().unwrap_or_default();
                 let subject = subjects.ami_raw(&raw.pbx, event);
                 let ce =
@@ -1083,6 +1093,10 @@ pub async fn publisher(
             }
             Outbound::Link(link) => {
                 let up = link.state == LinkState::Up as i32;
+                metrics::gauge!("ami_link_up", "pbx" => link.pbx.clone()).set(if up { 1.0 } else { 0.0 });
+                if !up {
+                    metrics::counter!("ami_link_down_total", "pbx" => link.pbx.clone()).increment(1);
+                }
                 if let Ok(ce) = bus.event(event_types::AMI_LINK, &link) {
                     let id = format!(
                         "link-{}-{}-{}",
@@ -1106,6 +1120,8 @@ pub async fn publisher(
                 }
             }
             Outbound::Error(error) => {
+                metrics::counter!("ami_protocol_errors_total", "pbx" => error.pbx.clone(), "kind" => error.kind.clone())
+                    .increment(1);
                 if let Ok(ce) = bus.event(event_types::AMI_ERROR, &error) {
                     published.push((subjects.ami_error(&error.pbx), ce));
                 }
@@ -1114,7 +1130,10 @@ pub async fn publisher(
         for (subject, ce) in published {
             match bus.publish_async(subject, &ce).await {
                 Ok(ack) => acks.push_back(ack),
-                Err(e) => tracing::warn!("publish failed: {e}"),
+                Err(e) => {
+                    metrics::counter!("ami_publish_failures_total").increment(1);
+                    tracing::warn!("publish failed: {e}");
+                }
             }
         }
         settle(&mut acks, window).await;
@@ -1128,6 +1147,7 @@ async fn settle(acks: &mut std::collections::VecDeque<async_nats::jetstream::con
         if let Some(ack) = acks.pop_front()
             && let Err(e) = ack.await
         {
+            metrics::counter!("ami_publish_failures_total").increment(1);
             tracing::warn!("JetStream did not ack an AMI event: {e}");
         }
     }

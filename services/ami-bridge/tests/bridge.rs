@@ -23,6 +23,7 @@ struct Rig {
     shutdown: CancellationToken,
     app: tokio::task::JoinHandle<Result<(), ami_bridge::Error>>,
     grpc: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     sessions: std::sync::Arc<std::collections::BTreeMap<String, ami_bridge::session::SessionHandle>>,
 }
 
@@ -60,6 +61,7 @@ async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
     };
     let app = App::build(config, shutdown.clone()).await.expect("app");
     let grpc = app.grpc_addr();
+    let http = app.http_addr();
     let sessions = app.sessions();
     let app = tokio::spawn(app.run());
     Rig {
@@ -70,6 +72,7 @@ async fn rig(auth: AuthMode, ami: AmiSettings) -> Rig {
         shutdown,
         app,
         grpc,
+        http,
         sessions,
     }
 }
@@ -260,6 +263,29 @@ async fn flood_reaches_jetstream_complete_and_in_order() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(stored >= N, "stored {stored}");
+    // The publisher flushes its count when it goes idle after the last ack.
+    let mut metrics = String::new();
+    let mut published = 0u64;
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("http://{}/metrics", rig.http))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        published = metrics
+            .lines()
+            .find(|l| l.starts_with("ami_raw_events_published_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if published >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published >= N, "metrics: {published}");
+    assert!(metrics.contains("ami_link_up{pbx=\"pbx1\"} 1"), "{metrics}");
     rig.stop().await;
 }
 
@@ -292,6 +318,7 @@ async fn bad_login_is_reported_and_retried() {
     };
     let app = App::build(config, shutdown.clone()).await.expect("app");
     let sessions = app.sessions();
+    let http = app.http_addr();
     let task = tokio::spawn(app.run());
     let handle = sessions.get("p").expect("session").clone();
     let mut status = handle.status();
@@ -304,6 +331,11 @@ async fn bad_login_is_reported_and_retried() {
     }
     assert_eq!(status.last_error, "login failed: Authentication failed");
     assert_ne!(status.state, LinkState::Up as i32);
+    // Not ready while a PBX is not connected, and /readyz says which and why.
+    let ready = reqwest::get(format!("http://{http}/readyz")).await.expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    let body = ready.text().await.expect("body");
+    assert!(body.contains("PBX p not connected"), "{body}");
     // The secret never shows in the config's Debug output (what logs would print).
     assert!(
         !format!(

@@ -2,8 +2,12 @@
 //! buffer stays bounded. Run: `cargo +nightly fuzz run parser` in this folder.
 #![no_main]
 
-use ami_bridge::parser::{Frame, Limits, Parser};
+#[path = "../../src/parser.rs"]
+#[allow(dead_code, missing_docs)]
+mod parser;
+
 use libfuzzer_sys::fuzz_target;
+use parser::{Frame, Limits, Parser};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
