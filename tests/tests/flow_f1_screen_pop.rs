@@ -72,7 +72,9 @@ async fn f1_a_ringing_call_pops_up_in_the_operators_browser() {
         }],
         ..ami_bridge::Config::default()
     };
-    let ami_app = ami_bridge::App::build(ami_config, shutdown.clone()).await.expect("ami-bridge");
+    let ami_app = ami_bridge::App::build(ami_config, shutdown.clone())
+        .await
+        .expect("ami-bridge");
     let ami_task = tokio::spawn(ami_app.run());
 
     // hook-runner with the example F1 rule.
@@ -86,7 +88,9 @@ async fn f1_a_ringing_call_pops_up_in_the_operators_browser() {
         ..hook_runner::Config::default()
     };
     hook_config.rules.dir = rules.path().to_path_buf();
-    let hook_app = hook_runner::App::build(hook_config, shutdown.clone()).await.expect("hook-runner");
+    let hook_app = hook_runner::App::build(hook_config, shutdown.clone())
+        .await
+        .expect("hook-runner");
     let hook_task = tokio::spawn(hook_app.run());
 
     // ws-push, and the operator's browser connection as user 101.
@@ -97,13 +101,20 @@ async fn f1_a_ringing_call_pops_up_in_the_operators_browser() {
         ..ws_push::Config::default()
     };
     push_config.auth.jwt_secret = Some(Secret::new(JWT_SECRET));
-    let push_app = ws_push::App::build(push_config, shutdown.clone()).await.expect("ws-push");
+    let push_app = ws_push::App::build(push_config, shutdown.clone())
+        .await
+        .expect("ws-push");
     let ws_url = format!("ws://{}/ws", push_app.http_addr());
     let push_task = tokio::spawn(push_app.run());
 
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.expect("websocket");
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .expect("websocket");
     let connect = json!({ "type": "connect", "token": operator_token("101") });
-    socket.send(Message::Text(connect.to_string().into())).await.expect("send connect");
+    socket
+        .send(Message::Text(connect.to_string().into()))
+        .await
+        .expect("send connect");
     let connected = next_json(&mut socket).await;
     assert_eq!(connected["type"], "connected", "{connected}");
 
@@ -115,7 +126,10 @@ async fn f1_a_ringing_call_pops_up_in_the_operators_browser() {
         if stream.consumer_info("hook-screen-pop").await.is_ok() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "hook-runner never consumed for screen-pop");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hook-runner never consumed for screen-pop"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And ami-bridge holds its PBX session (the action command is served).
@@ -143,7 +157,10 @@ async fn f1_a_ringing_call_pops_up_in_the_operators_browser() {
         {
             Ok(response) => reply = Some(response),
             Err(error) => {
-                assert!(tokio::time::Instant::now() < deadline, "ami-bridge never took the Originate: {error}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "ami-bridge never took the Originate: {error}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -116,7 +116,10 @@ async fn chat_store_serves_health_and_stops() {
     let data = tempfile::tempdir().expect("data dir");
     let in_temp_dir = |config: &mut chat_store::Config| config.data_dir = data.path().to_path_buf();
     check_serving("chat-store", start!(chat_store, nats, in_temp_dir)).await;
-    assert!(data.path().join("chat.db").is_file(), "SQLite is the embedded default, in data_dir");
+    assert!(
+        data.path().join("chat.db").is_file(),
+        "SQLite is the embedded default, in data_dir"
+    );
 }
 
 #[tokio::test]
