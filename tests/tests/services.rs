@@ -21,10 +21,10 @@ struct Running {
 
 /// The service names gRPC reflection lists, as `grpcurl list` would print them.
 async fn reflected_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -73,8 +73,14 @@ async fn check_serving(name: &str, grpc_service: &str, running: Running) {
         .await
         .expect("grpc connect");
     let listed = reflected_services(channel.clone()).await;
-    assert!(listed.iter().any(|s| s == grpc_service), "{name}: reflection lists {listed:?}, not {grpc_service}");
-    assert!(listed.iter().any(|s| s == "grpc.health.v1.Health"), "{name}: reflection lists {listed:?}");
+    assert!(
+        listed.iter().any(|s| s == grpc_service),
+        "{name}: reflection lists {listed:?}, not {grpc_service}"
+    );
+    assert!(
+        listed.iter().any(|s| s == "grpc.health.v1.Health"),
+        "{name}: reflection lists {listed:?}"
+    );
     let mut health = HealthClient::new(channel);
     let status = health
         .check(HealthCheckRequest {
