@@ -297,6 +297,12 @@ impl Subjects {
         self.join("cmd", &["push", "presence"])
     }
 
+    /// `sb.cmd.push.disconnect`: a broadcast (not request-reply) every ws-push node
+    /// listens to, closing the named user's connections.
+    pub fn push_disconnect(&self) -> String {
+        self.join("cmd", &["push", "disconnect"])
+    }
+
     // ---- chat-store ----
 
     /// `sb.evt.chat.<object>.<change>`, e.g. `message.created`, `complaint.created`,
@@ -402,6 +408,10 @@ pub const CATALOGUE: &[SubjectInfo] = &[
     SubjectInfo {
         pattern: "sb.cmd.push.presence",
         payload: "switchboard.push.v1.PresenceRequest",
+    },
+    SubjectInfo {
+        pattern: "sb.cmd.push.disconnect",
+        payload: "switchboard.push.v1.DisconnectRequest",
     },
     SubjectInfo {
         pattern: "sb.evt.chat.message.<created|delivered|read|edited|deleted>",

@@ -66,8 +66,10 @@ fn up_starts_everything_and_stops_cleanly() {
         }
     });
     let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let all_ready = loop {
-        match lines_rx.recv_timeout(Duration::from_secs(90)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines_rx.recv_timeout(left) {
             Ok(line) => {
                 let done = line.contains("all 5 services ready");
                 seen.push(line);

@@ -84,7 +84,9 @@ impl Listeners {
 
         let http_stop = shutdown.clone();
         let http = async move {
-            axum::serve(self.http, router)
+            // With the peer address, so handlers can use `ConnectInfo<SocketAddr>`
+            // (ws-push limits connections per client IP).
+            axum::serve(self.http, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(http_stop.cancelled_owned())
                 .await
                 .map_err(|e| RuntimeError::Serve(format!("http: {e}")))

@@ -6,8 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn run(exe: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    // In a temp dir: a service that gets as far as opening its local store writes there.
+    let cwd = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new(exe);
-    command.args(args).env_remove("RUST_LOG");
+    command.args(args).current_dir(cwd.path()).env_remove("RUST_LOG");
     for (key, value) in env {
         command.env(key, value);
     }

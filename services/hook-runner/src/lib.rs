@@ -3,11 +3,27 @@
 //! Start it in-process with [`App::build`] (ports 0 pick free ports) and
 //! [`App::run`], or with [`run`].
 
+pub mod actions;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod offline;
+pub mod pattern;
+pub mod render;
+pub mod rules;
+pub mod template;
+pub mod trigger;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use switchboard_bus::NatsConfig;
-use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, RuntimeError, ServiceConfig, Validate};
+use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, ServiceConfig, Validate};
+
+pub use engine::{Engine, HooksConfig, RulesConfig};
+pub use error::Error;
+use switchboard_proto::hook::v1::hook_service_server::HookServiceServer;
 use tokio_util::sync::CancellationToken;
 
 /// The service's name: binary, NATS client name, CloudEvents source.
@@ -25,6 +41,10 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// Log format and level.
     pub log: LogConfig,
+    /// Where the rules are and how they are reloaded.
+    pub rules: engine::RulesConfig,
+    /// The engine and its API.
+    pub hooks: engine::HooksConfig,
 }
 
 impl Default for Config {
@@ -34,13 +54,17 @@ impl Default for Config {
             http: HttpConfig::on_port(8085),
             grpc: GrpcConfig::on_port(9085),
             log: LogConfig::default(),
+            rules: engine::RulesConfig::default(),
+            hooks: engine::HooksConfig::default(),
         }
     }
 }
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
-        self.nats.validate().map_err(|e| e.to_string())
+        self.nats.validate().map_err(|e| e.to_string())?;
+        self.rules.validate()?;
+        self.hooks.validate()
     }
 }
 
@@ -50,18 +74,12 @@ impl ServiceConfig for Config {
     }
 }
 
-/// What stops the service.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Start-up or serving failed.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-}
-
 /// A started service, bound and connected, not yet serving.
 #[derive(Debug)]
 pub struct App {
     base: Base,
+    engine: Arc<Engine>,
+    hooks: grpc::Hooks,
     shutdown: CancellationToken,
 }
 
@@ -69,7 +87,22 @@ impl App {
     /// Binds the ports, connects to NATS and provisions what the service owns.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
-        Ok(Self { base, shutdown })
+        // Install the recorder now, so runs before the first scrape are counted.
+        switchboard_runtime::health::prometheus();
+        let engine = Engine::new(
+            base.bus.clone(),
+            config.rules.clone(),
+            config.hooks.clone(),
+            shutdown.clone(),
+        )
+        .map_err(Error::Rules)?;
+        let hooks = grpc::Hooks::new(engine.clone(), config.hooks.api_token.clone());
+        Ok(Self {
+            base,
+            engine,
+            hooks,
+            shutdown,
+        })
     }
 
     /// The bound HTTP address.
@@ -82,8 +115,14 @@ impl App {
         self.base.listeners.grpc_addr()
     }
 
-    /// Serves until the shutdown token is cancelled.
+    /// The engine (rules, stats, runs).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for runs in flight.
     pub async fn run(self) -> Result<(), Error> {
+        self.engine.start().await?;
         self.base.log_ready(SERVICE);
         let Base {
             listeners,
@@ -92,11 +131,12 @@ impl App {
         } = self.base;
         let endpoints = Endpoints {
             router: axum::Router::new(),
-            grpc: tonic::service::Routes::default(),
-            grpc_services: Vec::new(),
+            grpc: tonic::service::Routes::new(HookServiceServer::new(self.hooks)),
+            grpc_services: vec![switchboard_proto::service_names::HOOK],
             health,
         };
         listeners.serve(endpoints, self.shutdown).await?;
+        self.engine.stopped().await;
         Ok(())
     }
 }

@@ -1,54 +1,34 @@
 //! Browser connections over WebSocket: delivery to users and channels with recovery, presence, inbound browser messages, a site API.
 //!
 //! Start it in-process with [`App::build`] (ports 0 pick free ports) and
-//! [`App::run`], or with [`run`].
+//! [`App::run`], or with [`run`]. The protocol, config keys and APIs are in
+//! `docs/ws-push.md`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod delivery;
+pub mod grpc;
+pub mod hub;
+pub mod node;
+pub mod pattern;
+pub mod presence;
+pub mod protocol;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use switchboard_bus::NatsConfig;
-use switchboard_runtime::{Base, Endpoints, GrpcConfig, HttpConfig, LogConfig, RuntimeError, ServiceConfig, Validate};
+use futures::StreamExt;
+use switchboard_bus::{BusError, Command};
+use switchboard_proto::push::v1::{DisconnectRequest, PresenceRequest};
+use switchboard_runtime::{Base, Endpoints, RuntimeError};
 use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
 
 /// The service's name: binary, NATS client name, CloudEvents source.
 pub const SERVICE: &str = "ws-push";
-
-/// The `ws-push` config: `--config ws-push.toml`, overridden by `SB_*` variables.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// How to reach NATS.
-    pub nats: NatsConfig,
-    /// Health, metrics (and the service's HTTP API) listen here; default port 8083.
-    pub http: HttpConfig,
-    /// gRPC listens here; default port 9083.
-    pub grpc: GrpcConfig,
-    /// Log format and level.
-    pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            nats: NatsConfig::default(),
-            http: HttpConfig::on_port(8083),
-            grpc: GrpcConfig::on_port(9083),
-            log: LogConfig::default(),
-        }
-    }
-}
-
-impl Validate for Config {
-    fn validate(&self) -> Result<(), String> {
-        self.nats.validate().map_err(|e| e.to_string())
-    }
-}
-
-impl ServiceConfig for Config {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
 
 /// What stops the service.
 #[derive(Debug, thiserror::Error)]
@@ -56,20 +36,148 @@ pub enum Error {
     /// Start-up or serving failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// A NATS operation failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A setting is unusable (names the key).
+    #[error("config: {0}")]
+    Config(String),
+    /// The `SB_PUSH` stream or the presence bucket failed.
+    #[error("stream: {0}")]
+    Stream(String),
 }
 
 /// A started service, bound and connected, not yet serving.
 #[derive(Debug)]
 pub struct App {
     base: Base,
+    node: Arc<node::Node>,
     shutdown: CancellationToken,
 }
 
+fn node_name(configured: &str) -> String {
+    if configured.is_empty() {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        format!("n{}", &id[id.len() - 10..])
+    } else {
+        configured.to_owned()
+    }
+}
+
 impl App {
-    /// Binds the ports, connects to NATS and provisions what the service owns.
+    /// Binds the ports, connects to NATS, opens `SB_PUSH` and `SB_PRESENCE`, and
+    /// starts delivering.
     pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, Error> {
+        use switchboard_runtime::Validate;
+        config.validate().map_err(Error::Config)?;
+        let verifier = auth::Verifier::new(&config.auth)?;
+        if !config.auth.any() {
+            tracing::warn!(
+                "no auth.jwt_secret, auth.jwks_file or auth.callback_url: every browser connection will be refused"
+            );
+        }
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
-        Ok(Self { base, shutdown })
+        let bus = base.bus.clone();
+        let name = node_name(&config.node);
+        let mut stream = bus
+            .jetstream()
+            .get_stream(bus.subjects().stream_name("PUSH"))
+            .await
+            .map_err(|e| Error::Stream(format!("SB_PUSH: {e}")))?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| Error::Stream(format!("SB_PUSH: {e}")))?
+            .state
+            .last_sequence;
+        let epoch = delivery::epoch_of(&stream);
+        let hub = Arc::new(hub::Hub::default());
+        let presence = presence::Presence::start(
+            bus.clone(),
+            name.clone(),
+            &config.presence,
+            hub.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let node = Arc::new(node::Node::new(
+            config,
+            name,
+            verifier,
+            hub.clone(),
+            presence,
+            bus.clone(),
+            stream.clone(),
+            epoch.clone(),
+            shutdown.clone(),
+        ));
+
+        let consumer_stop = shutdown.clone();
+        let consumer_bus = bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = delivery::consume(consumer_bus, stream, hub, epoch, last + 1, consumer_stop.clone()).await {
+                tracing::error!(error = %e, "push delivery stopped");
+            }
+        });
+
+        let query_node = node.clone();
+        bus.serve(
+            bus.subjects().push_presence_query(),
+            SERVICE.to_owned(),
+            shutdown.clone(),
+            move |command: Command<PresenceRequest>| {
+                let node = query_node.clone();
+                async move {
+                    node.presence_of(&command.body.users).map_err(|e| {
+                        switchboard_bus::error_body(
+                            switchboard_proto::common::v1::ErrorCode::InvalidArgument,
+                            e.to_string(),
+                        )
+                    })
+                }
+            },
+        )
+        .await?;
+
+        let subject = bus.subjects().push_disconnect();
+        let mut disconnects = bus
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| BusError::Subscribe {
+                subject,
+                reason: e.to_string(),
+            })?;
+        let disconnect_node = node.clone();
+        let disconnect_stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = disconnect_stop.cancelled() => return,
+                    message = disconnects.next() => match message {
+                        Some(message) => message,
+                        None => return,
+                    },
+                };
+                match serde_json::from_slice::<DisconnectRequest>(&message.payload) {
+                    Ok(request) => {
+                        let closed = disconnect_node.disconnect_local(&request);
+                        tracing::info!(closed, "user disconnected by the API");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "bad disconnect broadcast ignored"),
+                }
+            }
+        });
+
+        let probe = node.clone();
+        base.health.add("push", move || {
+            if probe.shutdown.is_cancelled() {
+                Err("shutting down".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        Ok(Self { base, node, shutdown })
     }
 
     /// The bound HTTP address.
@@ -82,7 +190,13 @@ impl App {
         self.base.listeners.grpc_addr()
     }
 
-    /// Serves until the shutdown token is cancelled.
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node.node
+    }
+
+    /// Serves until the shutdown token is cancelled, then closes every connection
+    /// with 1001 and removes this node's presence.
     pub async fn run(self) -> Result<(), Error> {
         self.base.log_ready(SERVICE);
         let Base {
@@ -90,13 +204,20 @@ impl App {
             bus: _,
             health,
         } = self.base;
+        let grpc = tonic::service::Routes::new(
+            switchboard_proto::push::v1::push_service_server::PushServiceServer::new(grpc::Grpc::new(
+                self.node.clone(),
+            )),
+        );
         let endpoints = Endpoints {
-            router: axum::Router::new(),
-            grpc: tonic::service::Routes::default(),
-            grpc_services: Vec::new(),
+            router: api::router(self.node.clone()),
+            grpc,
+            grpc_services: vec![switchboard_proto::service_names::PUSH],
             health,
         };
-        listeners.serve(endpoints, self.shutdown).await?;
+        let served = listeners.serve(endpoints, self.shutdown).await;
+        self.node.presence.leave().await;
+        served?;
         Ok(())
     }
 }

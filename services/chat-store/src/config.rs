@@ -1,0 +1,237 @@
+//! The `chat-store` config: `--config chat-store.toml`, overridden by `SB_*` variables.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_bus::{NatsConfig, Secret};
+use switchboard_runtime::{GrpcConfig, HttpConfig, LogConfig, ServiceConfig, Validate};
+
+/// The whole config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// The browser JSON API, health and metrics listen here; default port 8084.
+    pub http: HttpConfig,
+    /// gRPC `ChatService` listens here; default port 9084.
+    pub grpc: GrpcConfig,
+    /// Log format and level.
+    pub log: LogConfig,
+    /// The SQLite file (when no database URL is set) and local attachments live here.
+    pub data_dir: PathBuf,
+    /// Where messages are kept.
+    pub database: DatabaseConfig,
+    /// Limits on messages.
+    pub chat: ChatConfig,
+    /// Who callers are.
+    pub auth: AuthConfig,
+    /// The management API (erase a user, set admins).
+    pub management: ManagementConfig,
+    /// Translation of messages on request (off unless a URL is set).
+    pub translate: TranslateConfig,
+    /// Image attachments.
+    pub attachments: AttachmentsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats: NatsConfig::default(),
+            http: HttpConfig::on_port(8084),
+            grpc: GrpcConfig::on_port(9084),
+            log: LogConfig::default(),
+            data_dir: PathBuf::from("data"),
+            database: DatabaseConfig::default(),
+            chat: ChatConfig::default(),
+            auth: AuthConfig::default(),
+            management: ManagementConfig::default(),
+            translate: TranslateConfig::default(),
+            attachments: AttachmentsConfig::default(),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` for PostgreSQL, `sqlite://FILE` for another SQLite file;
+    /// empty keeps SQLite in `data_dir/chat.db`.
+    pub url: Secret,
+    /// Pooled database connections.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::default(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// `[chat]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Longest message text, in characters (Unicode scalar values).
+    pub max_text_chars: usize,
+    /// How long after sending a user may edit or delete their message.
+    #[serde(with = "humantime_serde")]
+    pub edit_window: Duration,
+    /// Requests per minute one user may make (sustained).
+    pub rate_per_minute: u32,
+    /// Requests one user may make in a burst.
+    pub rate_burst: u32,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 4000,
+            edit_window: Duration::from_secs(15 * 60),
+            rate_per_minute: 120,
+            rate_burst: 30,
+        }
+    }
+}
+
+/// `[auth]`: JWT and/or the seed's per-user key checked by the site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret shared with the site (and ws-push): tokens with `sub`, `admin`, `exp`.
+    pub jwt_secret: Secret,
+    /// The seed's `URL_getUsersHash`: POST `id=<user>` answers the user's key.
+    pub key_url: String,
+    /// The seed's `URL_getUsersInfo`: POST `users=1,2` answers a JSON array of users.
+    pub users_url: String,
+    /// How long fetched user details (and keys) stay cached.
+    #[serde(with = "humantime_serde")]
+    pub users_ttl: Duration,
+    /// How long to wait for the site.
+    #[serde(with = "humantime_serde")]
+    pub site_timeout: Duration,
+    /// Users who are admins whatever their token says (the seed's `admin_ids`).
+    pub admin_ids: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            key_url: String::new(),
+            users_url: String::new(),
+            users_ttl: Duration::from_secs(300),
+            site_timeout: Duration::from_secs(5),
+            admin_ids: Vec::new(),
+        }
+    }
+}
+
+/// `[management]`: the API a site's backend uses (and the gRPC API's key).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Callers send it as `Authorization: Bearer <key>` (HTTP) or `x-api-key` (gRPC).
+    /// Empty disables the management API and gRPC.
+    pub api_key: Secret,
+    /// Addresses allowed to call it (the seed's `trusted_ip`); empty allows none.
+    pub trusted_ips: Vec<IpAddr>,
+}
+
+/// `[translate]`: a LibreTranslate-compatible API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TranslateConfig {
+    /// Base URL (`http://translator:5000`); empty turns translation off.
+    pub url: String,
+    /// Sent as `api_key` when set.
+    pub api_key: Secret,
+    /// How long to wait for a translation.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            api_key: Secret::default(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[attachments]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// The largest upload, in bytes.
+    pub max_bytes: usize,
+    /// The largest width or height accepted, in pixels.
+    pub max_dimension: u32,
+    /// Thumbnails fit in this square, in pixels.
+    pub thumbnail_size: u32,
+    /// Where files are kept; empty means `data_dir/attachments`.
+    pub dir: PathBuf,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 5 * 1024 * 1024,
+            max_dimension: 8192,
+            thumbnail_size: 256,
+            dir: PathBuf::new(),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), String> {
+        self.nats.validate().map_err(|e| e.to_string())?;
+        let url = self.database.url.expose();
+        if !url.is_empty()
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+            && !url.starts_with("sqlite:")
+        {
+            return Err("database.url must start with postgres://, postgresql:// or sqlite:".into());
+        }
+        if self.database.max_connections == 0 {
+            return Err("database.max_connections must be at least 1".into());
+        }
+        if self.chat.max_text_chars == 0 {
+            return Err("chat.max_text_chars must be at least 1".into());
+        }
+        if self.chat.rate_per_minute == 0 || self.chat.rate_burst == 0 {
+            return Err("chat.rate_per_minute and chat.rate_burst must be at least 1".into());
+        }
+        for (key, url) in [
+            ("auth.key_url", &self.auth.key_url),
+            ("auth.users_url", &self.auth.users_url),
+        ] {
+            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!("{key} must be an http:// or https:// URL"));
+            }
+        }
+        if self.attachments.max_bytes == 0
+            || self.attachments.max_dimension == 0
+            || self.attachments.thumbnail_size == 0
+        {
+            return Err("attachments.max_bytes, max_dimension and thumbnail_size must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig for Config {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}

@@ -1,0 +1,596 @@
+//! `GET /ws`: one task per browser connection that authenticates it, registers it,
+//! recovers what it missed, writes its queued pushes and answers its requests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use switchboard_bus::event_types;
+use switchboard_proto::push::v1::Inbound;
+
+use crate::auth::{AuthError, Claims, now_seconds};
+use crate::delivery::{self, Replay};
+use crate::hub::{ConnEntry, IpSlot, LimitError, Outgoing, Source};
+use crate::node::Node;
+use crate::pattern;
+use crate::protocol::{ClientMessage, PresenceItem, Recover, ServerMessage, close};
+
+/// `?token=` on `/ws`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsQuery {
+    /// The JWT, for clients that cannot send it in the first message.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Upgrades `/ws` after the origin and per-IP checks.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let ws_config = &node.config.ws;
+    if !ws_config.allowed_origins.is_empty() {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("");
+        if !ws_config.allowed_origins.iter().any(|allowed| allowed == origin) {
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    let slot = match node.hub.reserve_ip(peer.ip(), ws_config.max_connections_per_ip) {
+        Ok(slot) => slot,
+        Err(e) => return (StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response(),
+    };
+    let frame = ws_config.max_frame_bytes;
+    let burst = f64::from(node.config.inbound.burst.max(1));
+    ws.read_buffer_size(ws_config.read_buffer_bytes)
+        .write_buffer_size(ws_config.write_buffer_bytes)
+        .max_frame_size(frame)
+        .max_message_size(frame)
+        .on_upgrade(move |socket| async move {
+            let mut connection = Connection {
+                node,
+                socket,
+                _slot: slot,
+                subs: HashMap::new(),
+                tokens: burst,
+                refilled: Instant::now(),
+            };
+            connection.run(query.token).await;
+        })
+}
+
+struct Connection {
+    node: Arc<Node>,
+    socket: WebSocket,
+    _slot: IpSlot,
+    /// Last offset delivered per source; a source absent here is not subscribed.
+    subs: HashMap<Source, u64>,
+    /// Inbound rate limiter (token bucket).
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// How a connection ends.
+struct Closing(u16, String);
+
+impl Closing {
+    fn new(code: u16, reason: impl Into<String>) -> Self {
+        // A close reason is at most 123 bytes; ours are short, but cut safely anyway.
+        let mut reason: String = reason.into();
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        Self(code, reason)
+    }
+}
+
+fn auth_closing(error: &AuthError) -> Closing {
+    match error {
+        AuthError::Expired => Closing::new(close::EXPIRED, "token expired"),
+        AuthError::Invalid(_) => Closing::new(close::BAD_TOKEN, "invalid token"),
+        AuthError::Unavailable(_) => Closing::new(close::AUTH_UNAVAILABLE, "auth unavailable"),
+    }
+}
+
+impl Connection {
+    async fn run(&mut self, query_token: Option<String>) {
+        let outcome = self.serve(query_token).await;
+        if let Err(Closing(code, reason)) = outcome {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(Message::Close(Some(frame)))).await;
+        }
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> Result<(), Closing> {
+        self.socket
+            .send(Message::Text(Utf8Bytes::from(message.to_text())))
+            .await
+            .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))
+    }
+
+    async fn first_message(&mut self) -> Result<ClientMessage, Closing> {
+        let timeout = self.node.config.ws.connect_timeout;
+        let read = async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        return serde_json::from_str::<ClientMessage>(text.as_str())
+                            .map_err(|e| Closing::new(close::PROTOCOL, format!("bad message: {e}")));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Binary(_))) => {
+                        return Err(Closing::new(close::PROTOCOL, "binary frames are not used"));
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Err(Closing::new(close::NO_TOKEN, "closed")),
+                    Some(Err(e)) => return Err(read_error(&e)),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| Closing::new(close::NO_TOKEN, "no connect message"))?
+    }
+
+    async fn serve(&mut self, query_token: Option<String>) -> Result<(), Closing> {
+        let (token, recover) = match self.first_message().await? {
+            ClientMessage::Connect { token, recover } => (token, recover),
+            _ => return Err(Closing::new(close::PROTOCOL, "the first message must be connect")),
+        };
+        let Some(token) = token.or(query_token).filter(|t| !t.is_empty()) else {
+            return Err(Closing::new(close::NO_TOKEN, "no token"));
+        };
+        let claims = Box::pin(self.node.verifier.verify(&token)).await.map_err(|e| {
+            tracing::debug!(error = %e, "connection refused");
+            auth_closing(&e)
+        })?;
+        let id = self.node.next_connection_id();
+        let entry = Arc::new(ConnEntry::new(
+            id,
+            &claims.sub,
+            claims.admin,
+            self.node.config.ws.max_queued_bytes,
+        ));
+        match self
+            .node
+            .hub
+            .register(entry.clone(), self.node.config.ws.max_connections_per_user)
+        {
+            Ok(_) => {}
+            Err(LimitError::PerUser | LimitError::PerIp) => {
+                return Err(Closing::new(close::TOO_MANY, "too many connections"));
+            }
+        }
+        metrics::gauge!("ws_push_connections").increment(1.0);
+        Box::pin(self.node.presence.update(&claims.sub)).await;
+        let result = self.session(entry.clone(), claims, recover).await;
+        self.node.hub.unregister(id);
+        metrics::gauge!("ws_push_connections").decrement(1.0);
+        Box::pin(self.node.presence.update(&entry.user)).await;
+        result
+    }
+
+    async fn session(
+        &mut self,
+        entry: Arc<ConnEntry>,
+        mut claims: Claims,
+        recover: Option<Recover>,
+    ) -> Result<(), Closing> {
+        let node = self.node.clone();
+        // Boxed: the connection's future is as big as its biggest await, and it lives
+        // as long as the connection; the rare big ones go to the heap for their time.
+        let position = Box::pin(delivery::position(&node.stream))
+            .await
+            .map_err(|_| Closing::new(close::SHUTDOWN, "stream unavailable"))?;
+        let mut replayed: Vec<Outgoing> = Vec::new();
+        let mut recovered = recover.as_ref().map(|_| true);
+        for (source, subject) in [
+            (Source::User, node.bus.subjects().push_user(&claims.sub)),
+            (Source::All, node.bus.subjects().push_all()),
+        ] {
+            if let Some(recover) = &recover {
+                match recover.offsets.get(&source.label()) {
+                    Some(&after) => {
+                        let replay = Box::pin(replay(&node, &subject, &source, &recover.epoch, after, position)).await;
+                        recovered = recovered.map(|r| r && replay.recovered);
+                        replayed.extend(replay.items);
+                    }
+                    None => recovered = Some(false),
+                }
+            }
+            self.subs.insert(source, position.1);
+        }
+        replayed.sort_by_key(|item| item.offset);
+        self.send(&ServerMessage::Connected {
+            client: format!("{}-{}", node.node, entry.id),
+            node: node.node.clone(),
+            user: claims.sub.clone(),
+            admin: claims.admin,
+            epoch: node.epoch.clone(),
+            offset: position.1,
+            expires: claims.exp,
+            recovered,
+        })
+        .await?;
+        self.write_items(replayed, true).await?;
+
+        let ws = &node.config.ws;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ws.ping_interval, ws.ping_interval);
+        let mut last_seen = Instant::now();
+        let expiry = tokio::time::sleep(expires_in(claims.exp));
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                _ = node.shutdown.cancelled() => return Err(Closing::new(close::SHUTDOWN, "server shutdown")),
+                _ = entry.outbox.ready() => {
+                    let (items, closing) = entry.outbox.take();
+                    if let Some((code, reason)) = closing {
+                        return Err(Closing::new(code, reason));
+                    }
+                    // A socket that stalls is abandoned when its queue overflows (or
+                    // the API disconnects it), or after a ping period plus the pong timeout.
+                    let stall = ws.ping_interval + ws.pong_timeout;
+                    // Biased: a write that completes at once never polls the timer or
+                    // registers for the close notification (the common case).
+                    tokio::select! {
+                        biased;
+                        written = tokio::time::timeout(stall, self.write_items(items, false)) => {
+                            written.map_err(|_| Closing::new(close::PING_TIMEOUT, "write stalled"))??;
+                        }
+                        (code, reason) = entry.outbox.closed() => return Err(Closing::new(code, reason)),
+                    }
+                }
+                message = self.socket.next() => {
+                    last_seen = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            let message = serde_json::from_str::<ClientMessage>(text.as_str())
+                                .map_err(|e| Closing::new(close::PROTOCOL, format!("bad message: {e}")))?;
+                            Box::pin(self.handle(&entry, &mut claims, message)).await?;
+                            if let Some(deadline) = tokio::time::Instant::now().checked_add(expires_in(claims.exp)) {
+                                expiry.as_mut().reset(deadline);
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Binary(_))) => return Err(Closing::new(close::PROTOCOL, "binary frames are not used")),
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        Some(Err(e)) => return Err(read_error(&e)),
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > ws.ping_interval + ws.pong_timeout {
+                        return Err(Closing::new(close::PING_TIMEOUT, "ping timeout"));
+                    }
+                    self.socket
+                        .send(Message::Ping(bytes::Bytes::new()))
+                        .await
+                        .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))?;
+                }
+                _ = &mut expiry => return Err(Closing::new(close::EXPIRED, "token expired")),
+            }
+        }
+    }
+
+    /// Writes queued items (skipping those of sources no longer subscribed and those
+    /// at or below the source's last offset, which recovery already sent) with one flush.
+    async fn write_items(&mut self, items: impl IntoIterator<Item = Outgoing>, replay: bool) -> Result<(), Closing> {
+        let mut written = 0usize;
+        for item in items {
+            let Some(last) = self.subs.get_mut(&item.source) else {
+                continue;
+            };
+            if item.offset <= *last && !replay {
+                continue;
+            }
+            *last = (*last).max(item.offset);
+            self.socket
+                .feed(Message::Text(item.frame))
+                .await
+                .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))?;
+            written += 1;
+        }
+        if written > 0 {
+            self.socket
+                .flush()
+                .await
+                .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays a source's missed pushes (a free function: a `&Connection` held across
+/// an await would need the socket to be `Sync`).
+async fn replay(
+    node: &Node,
+    subject: &str,
+    source: &Source,
+    client_epoch: &str,
+    after: u64,
+    position: (u64, u64),
+) -> Replay {
+    {
+        delivery::replay(
+            &node.stream,
+            subject,
+            source,
+            &node.epoch,
+            client_epoch,
+            after,
+            position,
+            node.config.ws.max_recover,
+        )
+        .await
+    }
+}
+
+impl Connection {
+    async fn handle(
+        &mut self,
+        entry: &Arc<ConnEntry>,
+        claims: &mut Claims,
+        message: ClientMessage,
+    ) -> Result<(), Closing> {
+        match message {
+            ClientMessage::Connect { .. } => Err(Closing::new(close::PROTOCOL, "already connected")),
+            ClientMessage::Subscribe {
+                id,
+                channel,
+                offset,
+                epoch,
+            } => self.subscribe(entry, claims, id, channel, offset, epoch).await,
+            ClientMessage::Unsubscribe { id, channel } => {
+                let source = Source::Channel(Arc::from(channel.as_str()));
+                if self.subs.remove(&source).is_some() {
+                    self.node.hub.unsubscribe(entry.id, &channel);
+                    self.node.presence.update(&claims.sub).await;
+                }
+                self.send(&ServerMessage::Unsubscribed { id, channel }).await
+            }
+            ClientMessage::Publish { id, topic, data } => {
+                let reply = match self.publish(entry, claims, &topic, data).await {
+                    Ok(()) => ServerMessage::Published { id },
+                    Err((code, message)) => ServerMessage::Error { id, code, message },
+                };
+                self.send(&reply).await
+            }
+            ClientMessage::Presence { id, channel, users } => {
+                let reply = self.presence(claims, id, channel, users);
+                self.send(&reply).await
+            }
+            ClientMessage::Refresh { id, token } => {
+                let fresh = match self.node.verifier.verify(&token).await {
+                    Ok(fresh) => fresh,
+                    Err(AuthError::Unavailable(e)) => {
+                        return self
+                            .send(&ServerMessage::Error {
+                                id,
+                                code: "unavailable",
+                                message: e,
+                            })
+                            .await;
+                    }
+                    Err(e) => return Err(auth_closing(&e)),
+                };
+                if fresh.sub != claims.sub {
+                    return Err(Closing::new(
+                        close::FORBIDDEN,
+                        "a refreshed token must name the same user",
+                    ));
+                }
+                *claims = fresh;
+                // Channels the new token no longer grants are left.
+                let revoked: Vec<Arc<str>> = self
+                    .subs
+                    .keys()
+                    .filter_map(|s| match s {
+                        Source::Channel(name) if !claims.may_subscribe(name) => Some(name.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                for name in &revoked {
+                    self.subs.remove(&Source::Channel(name.clone()));
+                    self.node.hub.unsubscribe(entry.id, name);
+                }
+                if !revoked.is_empty() {
+                    self.node.presence.update(&claims.sub).await;
+                }
+                self.send(&ServerMessage::Refreshed {
+                    id,
+                    expires: claims.exp,
+                })
+                .await
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        entry: &Arc<ConnEntry>,
+        claims: &Claims,
+        id: Option<String>,
+        channel: String,
+        offset: Option<u64>,
+        epoch: Option<String>,
+    ) -> Result<(), Closing> {
+        let refuse = |code: &'static str, message: &str| ServerMessage::Error {
+            id: id.clone(),
+            code,
+            message: message.to_owned(),
+        };
+        if !pattern::valid_name(&channel) {
+            return self
+                .send(&refuse("invalid", "channel names are 1-128 of [A-Za-z0-9._:@-]"))
+                .await;
+        }
+        if !claims.may_subscribe(&channel) {
+            return self
+                .send(&refuse("forbidden", "the token does not grant this channel"))
+                .await;
+        }
+        let source = Source::Channel(Arc::from(channel.as_str()));
+        let channels = self.subs.len().saturating_sub(2);
+        if !self.subs.contains_key(&source) && channels >= self.node.config.ws.max_subscriptions {
+            return self.send(&refuse("too_many", "too many subscriptions")).await;
+        }
+        // Register first, then read the position: a push after the position is
+        // either in the outbox or in the replay, and offsets drop the overlap.
+        self.node.hub.subscribe(entry.id, &channel);
+        let position = match delivery::position(&self.node.stream).await {
+            Ok(position) => position,
+            Err(e) => {
+                self.node.hub.unsubscribe(entry.id, &channel);
+                return self.send(&refuse("unavailable", &e.to_string())).await;
+            }
+        };
+        let (recovered, items) = match (offset, epoch) {
+            (Some(after), Some(epoch)) => {
+                let subject = self.node.bus.subjects().push_channel(&channel);
+                let node = self.node.clone();
+                let replay = replay(&node, &subject, &source, &epoch, after, position).await;
+                (Some(replay.recovered), replay.items)
+            }
+            _ => (None, Vec::new()),
+        };
+        let known = self.subs.insert(source, position.1).is_some();
+        if !known {
+            self.node.presence.update(&claims.sub).await;
+        }
+        self.send(&ServerMessage::Subscribed {
+            id,
+            channel,
+            epoch: self.node.epoch.clone(),
+            offset: position.1,
+            recovered,
+        })
+        .await?;
+        self.write_items(items, true).await
+    }
+
+    async fn publish(
+        &mut self,
+        entry: &Arc<ConnEntry>,
+        claims: &Claims,
+        topic: &str,
+        data: serde_json::Value,
+    ) -> Result<(), (&'static str, String)> {
+        let inbound = &self.node.config.inbound;
+        if !pattern::valid_name(topic) {
+            return Err(("invalid", "topic names are 1-128 of [A-Za-z0-9._:@-]".into()));
+        }
+        if !claims.may_publish(topic) {
+            return Err(("forbidden", "the token does not grant this topic".into()));
+        }
+        let size = serde_json::to_vec(&data).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > inbound.max_bytes {
+            return Err(("too_large", format!("data is over {} bytes", inbound.max_bytes)));
+        }
+        let now = Instant::now();
+        let burst = f64::from(inbound.burst.max(1));
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * inbound.rate_per_second).min(burst);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return Err(("rate_limited", "too many messages; slow down".into()));
+        }
+        self.tokens -= 1.0;
+        let payload = Inbound {
+            user: claims.sub.clone(),
+            topic: topic.to_owned(),
+            data: Some(json_to_value(data)),
+            admin: claims.admin,
+            connection_id: format!("{}-{}", self.node.node, entry.id),
+            node: self.node.node.clone(),
+        };
+        let subject = self.node.bus.subjects().push_inbound(&claims.sub, topic);
+        let event = self
+            .node
+            .bus
+            .event(event_types::PUSH_INBOUND, &payload)
+            .map_err(|e| ("invalid", e.to_string()))?;
+        self.node
+            .bus
+            .publish(subject, &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| ("unavailable", e.to_string()))
+    }
+
+    fn presence(
+        &self,
+        claims: &Claims,
+        id: Option<String>,
+        channel: Option<String>,
+        users: Vec<String>,
+    ) -> ServerMessage {
+        let item = |p: switchboard_proto::push::v1::UserPresence| PresenceItem {
+            user: p.user,
+            connections: p.connections,
+            admin: p.admin,
+        };
+        if let Some(channel) = channel {
+            if !claims.may_subscribe(&channel) {
+                return ServerMessage::Error {
+                    id,
+                    code: "forbidden",
+                    message: "the token does not grant this channel".into(),
+                };
+            }
+            let users = self.node.presence.channel(&channel).into_iter().map(item).collect();
+            return ServerMessage::Presence {
+                id,
+                channel: Some(channel),
+                users,
+            };
+        }
+        if !claims.admin {
+            return ServerMessage::Error {
+                id,
+                code: "forbidden",
+                message: "only admins may ask about users".into(),
+            };
+        }
+        let users = users
+            .iter()
+            .take(1000)
+            .map(|u| self.node.presence.user(u))
+            .filter(|p| p.online)
+            .map(item)
+            .collect();
+        ServerMessage::Presence {
+            id,
+            channel: None,
+            users,
+        }
+    }
+}
+
+fn expires_in(exp: u64) -> Duration {
+    Duration::from_secs(exp.saturating_sub(now_seconds()))
+}
+
+fn read_error(error: &axum::Error) -> Closing {
+    let text = error.to_string();
+    if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
+        Closing::new(close::TOO_BIG, "message too big")
+    } else {
+        Closing::new(close::PROTOCOL, "protocol error")
+    }
+}
+
+/// serde_json to the protobuf `Value` the bus payloads carry (its serde impl is
+/// plain JSON, so the conversion is lossless).
+pub fn json_to_value(json: serde_json::Value) -> switchboard_proto::wkt::Value {
+    serde_json::from_value(json).unwrap_or_default()
+}
