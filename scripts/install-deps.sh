@@ -6,6 +6,7 @@
 #   - docker-compose and kubectl: render and check docker-compose.yml and k8s/ offline;
 #   - prosody and ngircd: the real XMPP and IRC servers im-bridge's tests talk to;
 #   - nats-py: a Python NATS client, for the test of a non-Rust subscriber;
+#   - iputils-ping: the program the F4 example rule runs;
 #   - chromium: the real browser the web page tests drive with Playwright;
 #   - PostgreSQL must be running on 127.0.0.1:5432 (the chat-store tests run on it too):
 #     started if installed and stopped.
@@ -52,6 +53,7 @@ command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/bin/ping ] || missing+=(iputils-ping)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     apt_install "${missing[@]}"
