@@ -5,6 +5,7 @@
 //! nats.rs test suite does. Tests never touch the system NATS on 4222.
 
 pub mod binary;
+pub mod im;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,327 @@
+//! Real IM servers for tests: prosody (XMPP) and ngircd (IRC) on free loopback ports,
+//! in temp dirs with generated configs, stopped on drop; and a raw IRC peer to talk to
+//! them as a second user.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{find_program, free_port, wait_for_port};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Generous bound for anything a test waits for; reaching it fails the test, it
+/// never decides success.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+fn spawn_logged(program: &Path, args: &[&str], dir: &Path, log: &str) -> std::io::Result<Child> {
+    let out = std::fs::File::create(dir.join(log))?;
+    let err = out.try_clone()?;
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// ngircd 26 on a free port.
+pub struct Ngircd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// The client port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Ngircd {
+    /// Starts ngircd on a free port with a generated config (flood limits as low as ngircd allows).
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sb-ngircd-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = Self {
+            dir,
+            child: None,
+            port: free_port(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let config = format!(
+            "[Global]\nName = irc.test.local\nInfo = switchboard test\nListen = 127.0.0.1\nPorts = {port}\n\
+             MotdPhrase = test\n\
+             [Limits]\nMaxConnectionsIP = 0\nMaxNickLength = 30\nPingTimeout = 120\nPongTimeout = 60\n\
+             [Options]\nDNS = no\nIdent = no\nPAM = no\n",
+            port = self.port
+        );
+        let path = self.dir.path().join("ngircd.conf");
+        std::fs::write(&path, config).expect("write ngircd.conf");
+        let binary = find_program("ngircd").expect("ngircd not installed: apt-get install ngircd");
+        let path = path.to_string_lossy().into_owned();
+        for _ in 0..50 {
+            let child =
+                spawn_logged(&binary, &["-f", &path, "-n"], self.dir.path(), "ngircd.log").expect("start ngircd");
+            self.child = Some(child);
+            if wait_for_port(self.addr(), Duration::from_secs(5)) {
+                return;
+            }
+            kill(&mut self.child);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "ngircd did not start: {}",
+            std::fs::read_to_string(self.dir.path().join("ngircd.log")).unwrap_or_default()
+        );
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Kills it (for restart tests).
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Ngircd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// prosody on a free port with `localhost` and `conference.localhost` (MUC),
+/// plaintext auth allowed (tests only).
+pub struct Prosody {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// The client-to-server port on 127.0.0.1.
+    pub port: u16,
+    config: PathBuf,
+}
+
+impl Prosody {
+    /// Starts prosody with a MUC component `conference.localhost` and registers `users` (name, password) on `localhost`.
+    pub fn start(users: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sb-prosody-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let d = dir.path().display();
+        let config = format!(
+            r#"daemonize = false
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {port} }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_plain"
+storage = "internal"
+run_as_root = true
+log = {{ info = "{d}/prosody.log" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; "c2s" }}
+modules_disabled = {{ "s2s"; "offline"; "smacks"; "posix" }}
+limits = {{ c2s = {{ rate = "100mb/s" }} }}
+VirtualHost "localhost"
+Component "conference.localhost" "muc"
+    muc_room_locking = false
+    restrict_room_creation = false
+"#
+        );
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let config_path = dir.path().join("prosody.cfg.lua");
+        std::fs::write(&config_path, config).expect("write prosody config");
+        let mut server = Self {
+            dir,
+            child: None,
+            port,
+            config: config_path,
+        };
+        for (user, password) in users {
+            let status =
+                Command::new(find_program("prosodyctl").expect("prosodyctl not installed: apt-get install prosody"))
+                    .arg("--config")
+                    .arg(&server.config)
+                    .args(["register", user, "localhost", password])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("run prosodyctl");
+            assert!(status.success(), "prosodyctl register {user} failed");
+        }
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let binary = find_program("prosody").expect("prosody not installed: apt-get install prosody");
+        let config = self.config.to_string_lossy().into_owned();
+        for _ in 0..50 {
+            let child = spawn_logged(&binary, &["--config", &config, "-F"], self.dir.path(), "prosody.out")
+                .expect("start prosody");
+            self.child = Some(child);
+            if wait_for_port(self.addr(), Duration::from_secs(10)) {
+                return;
+            }
+            kill(&mut self.child);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "prosody did not start: {}{}",
+            std::fs::read_to_string(self.dir.path().join("prosody.out")).unwrap_or_default(),
+            std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
+        );
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Kills it (for restart tests).
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Starts it again on the same port with the same accounts.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One PRIVMSG as a peer saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privmsg {
+    /// The sender's nick.
+    pub from: String,
+    /// A nick (direct message) or a channel.
+    pub target: String,
+    /// The message text.
+    pub text: String,
+    /// The whole line as received, CR LF included.
+    pub raw_len: usize,
+}
+
+/// A second IRC client speaking the raw protocol.
+pub struct IrcPeer {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// This peer's nick.
+    pub nick: String,
+}
+
+impl IrcPeer {
+    /// Connects to ngircd on `port` and registers as `nick`.
+    pub async fn connect(port: u16, nick: &str) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to ngircd");
+        let (read, writer) = stream.into_split();
+        let mut peer = Self {
+            reader: BufReader::new(read),
+            writer,
+            nick: nick.to_owned(),
+        };
+        peer.line(&format!("NICK {nick}")).await;
+        peer.line(&format!("USER {nick} 0 * :peer")).await;
+        peer.wait_for(|l| l.split(' ').nth(1) == Some("001")).await;
+        peer
+    }
+
+    /// Sends one raw line (CR LF added).
+    pub async fn line(&mut self, line: &str) {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .expect("write to ngircd");
+    }
+
+    /// Reads lines (answering PINGs) until one matches; returns it.
+    pub async fn wait_for(&mut self, mut matches: impl FnMut(&str) -> bool) -> String {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let mut line = String::new();
+                let n = self.reader.read_line(&mut line).await.expect("read from ngircd");
+                assert!(n > 0, "ngircd closed the peer's connection");
+                if let Some(token) = line.strip_prefix("PING ") {
+                    self.line(&format!("PONG {}", token.trim_end())).await;
+                    continue;
+                }
+                if matches(line.trim_end_matches(['\r', '\n'])) {
+                    return line;
+                }
+            }
+        })
+        .await
+        .expect("IRC peer waited too long")
+    }
+
+    /// Joins `channel` and waits until the server confirms.
+    pub async fn join(&mut self, channel: &str) {
+        self.line(&format!("JOIN {channel}")).await;
+        let nick = self.nick.clone();
+        let channel = channel.to_owned();
+        self.wait_for(|l| l.starts_with(&format!(":{nick}!")) && l.contains(" JOIN ") && l.ends_with(&channel))
+            .await;
+    }
+
+    /// Sends a PRIVMSG to a nick or channel.
+    pub async fn privmsg(&mut self, to: &str, text: &str) {
+        self.line(&format!("PRIVMSG {to} :{text}")).await;
+    }
+
+    /// The next PRIVMSG to us or a channel we are in.
+    pub async fn next_privmsg(&mut self) -> Privmsg {
+        let raw = self.wait_for(|l| l.split(' ').nth(1) == Some("PRIVMSG")).await;
+        let line = raw.trim_end_matches(['\r', '\n']);
+        let rest = line.strip_prefix(':').unwrap_or(line);
+        let (prefix, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let rest = rest.strip_prefix("PRIVMSG ").unwrap_or(rest);
+        let (target, text) = rest.split_once(" :").unwrap_or((rest, ""));
+        Privmsg {
+            from: prefix.split('!').next().unwrap_or(prefix).to_owned(),
+            target: target.to_owned(),
+            text: text.to_owned(),
+            raw_len: raw.len(),
+        }
+    }
+}
