@@ -263,6 +263,15 @@ impl Engine {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The counters of one rule; all zero until the rule has handled its first event.
+    pub fn rule_stats(&self, rule: &str) -> RuleStats {
+        self.stats
+            .lock()
+            .ok()
+            .and_then(|s| s.get(rule).cloned())
+            .unwrap_or_default()
+    }
+
     /// The defaults used to render.
     pub fn defaults(&self) -> &Defaults {
         &self.defaults

@@ -313,14 +313,14 @@ rules:
     assert_eq!(depths, vec![0, 1, 2, 3, 4], "max_depth 5 allows depths 0-4");
     // The sixth delivery (depth 5) is skipped and counted; no sixth result.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while service.engine.stats()["echo"].throttled < 1 {
+    while service.engine.rule_stats("echo").throttled < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the depth-5 event was never skipped"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(service.engine.stats()["echo"].succeeded, 5);
+    assert_eq!(service.engine.rule_stats("echo").succeeded, 5);
     service.stop().await;
 }
 
@@ -349,7 +349,7 @@ async fn replicas_share_the_consumer_so_each_event_runs_once() {
         assert!(seen.insert(result.trigger_event_id), "an event ran twice");
     }
     assert_eq!(seen, sent);
-    let total = a.engine.stats()["once"].succeeded + b.engine.stats()["once"].succeeded;
+    let total = a.engine.rule_stats("once").succeeded + b.engine.rule_stats("once").succeeded;
     assert_eq!(total, 40);
     a.stop().await;
     b.stop().await;
@@ -378,7 +378,7 @@ async fn throttle_skips_repeats_of_a_key_within_the_window() {
     }
     assert_eq!(got, vec!["a", "b", "c"]);
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while service.engine.stats()["alert"].throttled < 3 {
+    while service.engine.rule_stats("alert").throttled < 3 {
         assert!(tokio::time::Instant::now() < deadline, "throttled events not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -461,14 +461,14 @@ async fn debounce_runs_only_the_last_event_of_a_burst() {
     // Wait until all five were handled: four superseded, one ran.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let s = service.engine.stats()["typing"].clone();
+        let s = service.engine.rule_stats("typing");
         if s.throttled + s.succeeded == 5 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "burst never settled: {s:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stats = service.engine.stats()["typing"].clone();
+    let stats = service.engine.rule_stats("typing");
     assert_eq!(stats.succeeded, 1, "{stats:?}");
     let (_, _, data) = next_json(&mut settled).await;
     assert_eq!(data, json!({"n": 5}), "the last event of the burst ran");
