@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use switchboard_bus::{Bus, NatsConfig, Secret};
 use switchboard_runtime::{GrpcConfig, HttpConfig};
 use switchboard_test_support::NatsServer;
+use switchboard_test_support::im::{IrcPeer, Ngircd, Prosody, XmppPeer};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -162,4 +163,148 @@ pub async fn next_push(socket: &mut Socket, ty: &str) -> Value {
             return frame;
         }
     }
+}
+
+/// The XMPP domain of the flows: the example rules address `<user>@example.org`.
+pub const XMPP_DOMAIN: &str = "example.org";
+/// The password of every XMPP account in the flows.
+const XMPP_PASSWORD: &str = "pw";
+
+/// The IM server of a flow, real either way: ngircd (IRC) or prosody (XMPP, on
+/// [`XMPP_DOMAIN`] with the accounts `sbbot`, `alice`, `bob` and `mallory`).
+pub enum ImServer {
+    /// ngircd.
+    Irc(Ngircd),
+    /// prosody.
+    Xmpp(Prosody),
+}
+
+/// A user on an [`ImServer`], on the other side from the bot.
+pub enum ImUser {
+    /// A raw IRC client.
+    Irc(IrcPeer),
+    /// A tokio-xmpp client.
+    Xmpp(XmppPeer),
+}
+
+impl ImServer {
+    /// Starts ngircd.
+    pub fn irc() -> Self {
+        Self::Irc(Ngircd::start())
+    }
+
+    /// Starts prosody for [`XMPP_DOMAIN`] with the flows' accounts.
+    pub fn xmpp() -> Self {
+        let users = ["sbbot", "alice", "bob", "mallory"].map(|user| (user, XMPP_PASSWORD));
+        Self::Xmpp(Prosody::start_on(XMPP_DOMAIN, &users))
+    }
+
+    /// How im-bridge and the rules address `user` here: a nick, or a bare JID.
+    pub fn address(&self, user: &str) -> String {
+        match self {
+            Self::Irc(_) => user.to_owned(),
+            Self::Xmpp(_) => format!("{user}@{XMPP_DOMAIN}"),
+        }
+    }
+
+    /// im-bridge's account `id`, logged in as the bot `sbbot`.
+    pub fn bot_account(&self, id: &str) -> im_bridge::AccountConfig {
+        let protocol = match self {
+            Self::Irc(ngircd) => im_bridge::ProtocolConfig::Irc(im_bridge::IrcConfig {
+                server: "127.0.0.1".to_owned(),
+                port: Some(ngircd.port),
+                tls: false,
+                nick: "sbbot".to_owned(),
+                alt_nicks: Vec::new(),
+                username: None,
+                realname: None,
+                server_password: None,
+                sasl_user: None,
+                sasl_password: None,
+                nickserv_password: None,
+                channels: Vec::new(),
+                rate_burst: 100,
+                rate_window: Duration::from_secs(1),
+            }),
+            Self::Xmpp(prosody) => im_bridge::ProtocolConfig::Xmpp(im_bridge::XmppConfig {
+                jid: self.address("sbbot"),
+                password: Secret::new(XMPP_PASSWORD),
+                host: Some("127.0.0.1".to_owned()),
+                port: Some(prosody.port),
+                tls: im_bridge::XmppTls::Plaintext,
+                allow_plaintext: true,
+                resource: "switchboard".to_owned(),
+                rooms: Vec::new(),
+            }),
+        };
+        im_bridge::AccountConfig {
+            id: id.to_owned(),
+            allow_from: Vec::new(),
+            protocol,
+        }
+    }
+
+    /// Connects `user` as a client of this server.
+    pub async fn user(&self, user: &str) -> ImUser {
+        match self {
+            Self::Irc(ngircd) => ImUser::Irc(IrcPeer::connect(ngircd.port, user).await),
+            Self::Xmpp(prosody) => ImUser::Xmpp(XmppPeer::connect(prosody, user, XMPP_PASSWORD).await),
+        }
+    }
+}
+
+impl ImUser {
+    /// Sends a direct message with `text` to `to` (an address from [`ImServer::address`]).
+    pub async fn say(&mut self, to: &str, text: &str) {
+        match self {
+            Self::Irc(peer) => peer.privmsg(to, text).await,
+            Self::Xmpp(peer) => {
+                peer.say(to, text, tokio_xmpp::parsers::message::MessageType::Chat)
+                    .await
+            }
+        }
+    }
+
+    /// The next direct message to this user: (sender's bare address, text).
+    pub async fn next_message(&mut self) -> (String, String) {
+        match self {
+            Self::Irc(peer) => {
+                let message = peer.next_privmsg().await;
+                (message.from, message.text)
+            }
+            Self::Xmpp(peer) => {
+                let (_, from, text) = peer.next_message(tokio_xmpp::parsers::message::MessageType::Chat).await;
+                let bare = from.split('/').next().unwrap_or_default().to_owned();
+                (bare, text)
+            }
+        }
+    }
+}
+
+/// Starts im-bridge with `account` (and a FIFO when given) and waits until the
+/// account's link is up.
+pub async fn start_im_bridge(
+    nats: &NatsServer,
+    shutdown: &CancellationToken,
+    account: im_bridge::AccountConfig,
+    fifo: Option<PathBuf>,
+) {
+    let mut config = im_bridge::Config {
+        nats: nats_config(nats),
+        http: HttpConfig::on_port(0),
+        grpc: GrpcConfig::on_port(0),
+        ..im_bridge::Config::default()
+    };
+    config.script.fifo = fifo;
+    let subject = format!("sb.evt.im.{}.link.up", account.id);
+    config.accounts.push(account);
+    let observer = bus(nats).await;
+    let mut link_up = observer.client().subscribe(subject).await.expect("subscribe");
+    let app = im_bridge::App::build(config, shutdown.clone())
+        .await
+        .expect("im-bridge");
+    tokio::spawn(app.run());
+    tokio::time::timeout(PATIENCE, link_up.next())
+        .await
+        .expect("the IM account comes up");
 }

@@ -1,6 +1,8 @@
-//! Checks every service binary passes: bad config is refused with one clear line
-//! naming the file and the key, and exit code 2; an unreachable NATS is a clear
-//! error and a non-zero exit, never a panic.
+//! Service binaries in tests: [`workspace_binary`] finds (building if needed) the
+//! binary of any workspace package, for tests that run services as separate
+//! processes; [`assert_config_handling`] checks what every service binary must pass:
+//! bad config is refused with one clear line naming the file and the key, and exit
+//! code 2; an unreachable NATS is a clear error and a non-zero exit, never a panic.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -95,4 +97,65 @@ pub fn assert_config_handling(exe: &str) {
     assert!(!output.status.success(), "{exe} should fail without NATS");
     assert!(text.contains(&dead), "the NATS error should name {dead}: {text}");
     assert!(!text.contains("panicked"), "{exe} panicked: {text}");
+}
+
+/// The binary `name` of the workspace package of the same name, for tests that
+/// run services as separate processes (`env!("CARGO_BIN_EXE_..")` reaches only a
+/// package's own binaries). `cargo nextest run --workspace` (scripts/test.sh) builds
+/// every binary before it runs any test; run such a test with `--workspace` and a
+/// filter. Building from inside a test is no answer: a build with another package
+/// selection unifies features differently and rebuilds half the workspace. A binary
+/// older than a source file it is built from (its service, `crates/bus`,
+/// `crates/runtime`, `proto`) is refused as stale.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    // <target>/<profile>/deps/<test binary>
+    let test_exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from <target>/<profile>/deps");
+    let binary = profile_dir.join(name);
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build it with `cargo nextest run --workspace` (or cargo build --workspace --bins)",
+                binary.display()
+            )
+        });
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let newest = newest_source(&workspace, name);
+    assert!(
+        newest.as_ref().is_none_or(|(time, _)| *time <= built),
+        "{} is older than {}: rebuild with `cargo nextest run --workspace`",
+        binary.display(),
+        newest.map(|(_, path)| path.display().to_string()).unwrap_or_default()
+    );
+    binary
+}
+
+/// The most recently modified `.rs` or `.proto` file that service `name`'s
+/// binary is built from.
+fn newest_source(workspace: &Path, name: &str) -> Option<(std::time::SystemTime, std::path::PathBuf)> {
+    fn walk(dir: &Path, newest: &mut Option<(std::time::SystemTime, std::path::PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "proto") {
+                if let Ok(time) = entry.metadata().and_then(|m| m.modified())
+                    && newest.as_ref().is_none_or(|(t, _)| time > *t)
+                {
+                    *newest = Some((time, path));
+                }
+            }
+        }
+    }
+    let mut newest = None;
+    let service = format!("services/{name}/src");
+    for top in [service.as_str(), "crates/bus/src", "crates/runtime/src", "proto"] {
+        walk(&workspace.join(top), &mut newest);
+    }
+    newest
 }

@@ -1,6 +1,6 @@
 //! Real IM servers for tests: prosody (XMPP) and ngircd (IRC) on free loopback ports,
-//! in temp dirs with generated configs, stopped on drop; and a raw IRC peer to talk to
-//! them as a second user.
+//! in temp dirs with generated configs, stopped on drop; and the users on the other
+//! side: a raw IRC peer and an XMPP peer (a tokio-xmpp client).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::{find_program, free_port, wait_for_port};
+use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -110,19 +111,30 @@ impl Drop for Ngircd {
     }
 }
 
-/// prosody on a free port with `localhost` and `conference.localhost` (MUC),
-/// plaintext auth allowed (tests only).
+/// prosody on a free port with one virtual host (`localhost` unless chosen) and its
+/// MUC component `conference.<host>`, plaintext auth allowed (tests only).
 pub struct Prosody {
     dir: tempfile::TempDir,
     child: Option<Child>,
     /// The client-to-server port on 127.0.0.1.
     pub port: u16,
+    /// The virtual host: users are `<name>@<domain>`, rooms `<room>@conference.<domain>`.
+    pub domain: String,
     config: PathBuf,
 }
 
 impl Prosody {
-    /// Starts prosody with a MUC component `conference.localhost` and registers `users` (name, password) on `localhost`.
+    /// Starts prosody for `localhost` with a MUC component `conference.localhost` and
+    /// registers `users` (name, password).
     pub fn start(users: &[(&str, &str)]) -> Self {
+        Self::start_on("localhost", users)
+    }
+
+    /// Starts prosody for the virtual host `domain` (for example `example.org`, which
+    /// the example rules address) with a MUC component `conference.<domain>` and
+    /// registers `users` (name, password) there. Clients connect to 127.0.0.1:`port`
+    /// whatever the domain.
+    pub fn start_on(domain: &str, users: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sb-prosody-")
             .tempdir()
@@ -148,8 +160,8 @@ log = {{ info = "{d}/prosody.log" }}
 modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; "c2s" }}
 modules_disabled = {{ "s2s"; "offline"; "smacks"; "posix" }}
 limits = {{ c2s = {{ rate = "100mb/s" }} }}
-VirtualHost "localhost"
-Component "conference.localhost" "muc"
+VirtualHost "{domain}"
+Component "conference.{domain}" "muc"
     muc_room_locking = false
     restrict_room_creation = false
 "#
@@ -161,6 +173,7 @@ Component "conference.localhost" "muc"
             dir,
             child: None,
             port,
+            domain: domain.to_owned(),
             config: config_path,
         };
         for (user, password) in users {
@@ -168,7 +181,7 @@ Component "conference.localhost" "muc"
                 Command::new(find_program("prosodyctl").expect("prosodyctl not installed: apt-get install prosody"))
                     .arg("--config")
                     .arg(&server.config)
-                    .args(["register", user, "localhost", password])
+                    .args(["register", user, domain, password])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -323,5 +336,106 @@ impl IrcPeer {
             text: text.to_owned(),
             raw_len: raw.len(),
         }
+    }
+}
+
+/// A second XMPP user: a plain tokio-xmpp client logged in to a [`Prosody`].
+pub struct XmppPeer {
+    client: tokio_xmpp::Client,
+    /// The bare JID, `<user>@<domain>`.
+    pub jid: String,
+    /// The nick used in the rooms this peer joined (its own room echoes are skipped).
+    nick: Option<String>,
+}
+
+impl XmppPeer {
+    /// Logs in as `user` with `password`, waits until online and sends presence.
+    pub async fn connect(prosody: &Prosody, user: &str, password: &str) -> Self {
+        let jid = format!("{user}@{}", prosody.domain);
+        let mut client = tokio_xmpp::Client::new_plaintext(
+            jid.parse::<tokio_xmpp::jid::BareJid>().expect("a valid JID"),
+            password.to_owned(),
+            tokio_xmpp::connect::DnsConfig::no_srv("127.0.0.1", prosody.port),
+            tokio_xmpp::xmlstream::Timeouts::tight(),
+        );
+        tokio::time::timeout(WAIT, async {
+            while let Some(event) = client.next().await {
+                if event.is_online() {
+                    return;
+                }
+            }
+            panic!("the XMPP peer's stream ended before it was online");
+        })
+        .await
+        .expect("the XMPP peer is online in time");
+        client
+            .send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
+            .await
+            .expect("the XMPP peer sends presence");
+        Self {
+            client,
+            jid,
+            nick: None,
+        }
+    }
+
+    /// Joins the MUC `room` (a bare room JID) as `nick` and waits for its own presence there.
+    pub async fn join(&mut self, room: &str, nick: &str) {
+        use tokio_xmpp::parsers::{muc::Muc, presence::Presence};
+        let own = format!("{room}/{nick}");
+        let to = own.parse::<tokio_xmpp::jid::Jid>().expect("an occupant JID");
+        let presence = Presence::available().with_to(to).with_payload(Muc::new());
+        self.client.send_stanza(presence.into()).await.expect("join the room");
+        self.nick = Some(nick.to_owned());
+        self.wait(|s| {
+            matches!(s, tokio_xmpp::Stanza::Presence(p) if p.from.as_ref().map(|f| f.to_string()) == Some(own.clone()))
+        })
+        .await;
+    }
+
+    /// Sends a message with body `text` to `to` (a JID or a room).
+    pub async fn say(&mut self, to: &str, text: &str, type_: tokio_xmpp::parsers::message::MessageType) {
+        use tokio_xmpp::parsers::message::{Lang, Message};
+        let message = Message::new_with_type(type_, Some(to.parse::<tokio_xmpp::jid::Jid>().expect("a valid JID")))
+            .with_body(Lang::new(), text.to_owned());
+        self.client
+            .send_stanza(message.into())
+            .await
+            .expect("the XMPP peer sends");
+    }
+
+    /// Reads stanzas until one matches; returns it.
+    pub async fn wait(&mut self, mut matches: impl FnMut(&tokio_xmpp::Stanza) -> bool) -> tokio_xmpp::Stanza {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.client.next().await {
+                    Some(tokio_xmpp::Event::Stanza(stanza)) if matches(&stanza) => return stanza,
+                    Some(_) => {}
+                    None => panic!("the XMPP peer's stream ended"),
+                }
+            }
+        })
+        .await
+        .expect("the XMPP peer waited too long")
+    }
+
+    /// The next message of `type_` with a body that is not this peer's own room echo:
+    /// (type, from, body).
+    pub async fn next_message(
+        &mut self,
+        type_: tokio_xmpp::parsers::message::MessageType,
+    ) -> (tokio_xmpp::parsers::message::MessageType, String, String) {
+        let nick = self.nick.clone();
+        let stanza = self
+            .wait(|s| {
+                matches!(s, tokio_xmpp::Stanza::Message(m) if !m.bodies.is_empty() && m.type_ == type_
+                    && m.from.as_ref().is_some_and(|f| f.resource().is_none_or(|r| Some(r.as_str()) != nick.as_deref())))
+            })
+            .await;
+        let tokio_xmpp::Stanza::Message(m) = stanza else {
+            unreachable!("wait returned a message")
+        };
+        let body = m.bodies.values().next().cloned().unwrap_or_default();
+        (m.type_, m.from.map(|f| f.to_string()).unwrap_or_default(), body)
     }
 }

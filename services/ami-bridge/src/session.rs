@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::{AmiSettings, AuthMode, PbxConfig};
 use crate::parser::{Frame, Message, ParseError, Parser};
@@ -1060,7 +1061,10 @@ pub async fn publisher(
                 }
             }
         };
-        let mut published: Vec<(String, switchboard_bus::CloudEvent)> = Vec::with_capacity(2);
+        // A derived call event starts a trace (its span's context rides in the NATS
+        // headers, so the rules and pushes it causes join it); raw events do not, at
+        // tens of thousands per second.
+        let mut published: Vec<(String, switchboard_bus::CloudEvent, tracing::Span)> = Vec::with_capacity(2);
         match item {
             Outbound::Raw(raw) => {
                 unflushed += 1;
@@ -1071,14 +1075,16 @@ pub async fn publisher(
                         .with_id(raw.msg_id())
                         .with_subject(event.to_owned())
                         .with_time(raw.received_at);
-                published.push((subject, ce));
+                published.push((subject, ce, tracing::Span::none()));
                 for call in tracker.observe(&raw) {
                     let state = crate::calls::state_name(call.state);
                     let id = format!("call-{}-{}-{state}", raw.pbx, call.call_id);
                     if let Ok(ce) = bus.event(event_types::AMI_CALL, &call) {
+                        let span = tracing::info_span!("ami.call", pbx = %raw.pbx, call = %call.call_id, state);
                         published.push((
                             subjects.ami_call(&raw.pbx, state),
                             ce.with_id(id).with_subject(call.call_id.clone()),
+                            span,
                         ));
                     }
                     let _ = live.send(Arc::new(pb::EventsItem {
@@ -1104,7 +1110,7 @@ pub async fn publisher(
                         link.session_id,
                         if up { "up" } else { "down" }
                     );
-                    published.push((subjects.ami_link(&link.pbx, up), ce.with_id(id)));
+                    published.push((subjects.ami_link(&link.pbx, up), ce.with_id(id), tracing::Span::none()));
                 }
                 if !up {
                     tracker.clear(&link.pbx);
@@ -1116,19 +1122,23 @@ pub async fn publisher(
             Outbound::Snapshot(snapshot) => {
                 if let Ok(ce) = bus.event(event_types::AMI_SNAPSHOT, &snapshot) {
                     let id = format!("snapshot-{}-{}", snapshot.pbx, snapshot.session_id);
-                    published.push((subjects.ami_snapshot(&snapshot.pbx), ce.with_id(id)));
+                    published.push((
+                        subjects.ami_snapshot(&snapshot.pbx),
+                        ce.with_id(id),
+                        tracing::Span::none(),
+                    ));
                 }
             }
             Outbound::Error(error) => {
                 metrics::counter!("ami_protocol_errors_total", "pbx" => error.pbx.clone(), "kind" => error.kind.clone())
                     .increment(1);
                 if let Ok(ce) = bus.event(event_types::AMI_ERROR, &error) {
-                    published.push((subjects.ami_error(&error.pbx), ce));
+                    published.push((subjects.ami_error(&error.pbx), ce, tracing::Span::none()));
                 }
             }
         }
-        for (subject, ce) in published {
-            match bus.publish_async(subject, &ce).await {
+        for (subject, ce, span) in published {
+            match bus.publish_async(subject, &ce).instrument(span).await {
                 Ok(ack) => acks.push_back(ack),
                 Err(e) => {
                     metrics::counter!("ami_publish_failures_total").increment(1);

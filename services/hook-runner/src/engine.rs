@@ -25,6 +25,7 @@ use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::Error;
 use crate::actions::{self, http::Clients};
@@ -511,10 +512,17 @@ impl Engine {
             };
             let engine = self.clone();
             let rule = rule.clone();
-            self.tasks.spawn(async move {
-                engine.handle(&rule, message).await;
-                drop(permit);
-            });
+            // The run joins the trace the event carries, so whatever its actions
+            // publish or request does too.
+            let span = tracing::info_span!("hook.rule", rule = %rule, subject = %message.subject);
+            switchboard_bus::trace::set_parent_from(&span, message.headers.as_ref());
+            self.tasks.spawn(
+                async move {
+                    engine.handle(&rule, message).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
     }
 

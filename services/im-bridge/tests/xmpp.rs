@@ -1,96 +1,15 @@
-//! XMPP against a real prosody with a second account on the other side (a
-//! tokio-xmpp client), with a real nats-server.
+//! XMPP against a real prosody with a second account on the other side
+//! (`XmppPeer`, a tokio-xmpp client), with a real nats-server.
 
 mod support;
 
-use futures::StreamExt;
 use support::*;
 use switchboard_proto::common::v1::LinkState;
 use switchboard_proto::im::v1::{ChatKind, LinkEvent, Message, Presence, Protocol, SendRequest};
 use switchboard_test_support::NatsServer;
-use tokio_xmpp::connect::DnsConfig;
-use tokio_xmpp::jid::{BareJid, Jid};
-use tokio_xmpp::parsers::message::{Lang, Message as XmppMessage, MessageType};
-use tokio_xmpp::parsers::muc::Muc;
-use tokio_xmpp::parsers::presence::Presence as XmppPresence;
-use tokio_xmpp::xmlstream::Timeouts;
-use tokio_xmpp::{Client, Event, Stanza};
+use tokio_xmpp::parsers::message::MessageType;
 
 const ROOM: &str = "ops@conference.localhost";
-
-/// The other side: alice, a plain XMPP client.
-struct Peer {
-    client: Client,
-}
-
-impl Peer {
-    async fn connect(prosody: &Prosody, user: &str) -> Self {
-        let jid: BareJid = format!("{user}@localhost").parse().expect("jid");
-        let mut client = Client::new_plaintext(
-            jid,
-            "pw",
-            DnsConfig::no_srv("127.0.0.1", prosody.port),
-            Timeouts::tight(),
-        );
-        tokio::time::timeout(WAIT, async {
-            while let Some(event) = client.next().await {
-                if event.is_online() {
-                    return;
-                }
-            }
-            panic!("peer stream ended before online");
-        })
-        .await
-        .expect("peer online in time");
-        client
-            .send_stanza(XmppPresence::available().into())
-            .await
-            .expect("peer presence");
-        Self { client }
-    }
-
-    async fn join(&mut self, nick: &str) {
-        let to = format!("{ROOM}/{nick}").parse::<Jid>().expect("occupant");
-        let presence = XmppPresence::available().with_to(to).with_payload(Muc::new());
-        self.client.send_stanza(presence.into()).await.expect("join");
-        let own = format!("{ROOM}/{nick}");
-        self.wait(|s| matches!(s, Stanza::Presence(p) if p.from.as_ref().map(|f| f.to_string()) == Some(own.clone())))
-            .await;
-    }
-
-    async fn say(&mut self, to: &str, text: &str, type_: MessageType) {
-        let message = XmppMessage::new_with_type(type_, Some(to.parse::<Jid>().expect("to")))
-            .with_body(Lang::new(), text.to_owned());
-        self.client.send_stanza(message.into()).await.expect("peer send");
-    }
-
-    async fn wait(&mut self, mut matches: impl FnMut(&Stanza) -> bool) -> Stanza {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match self.client.next().await {
-                    Some(Event::Stanza(stanza)) if matches(&stanza) => return stanza,
-                    Some(_) => {}
-                    None => panic!("peer stream ended"),
-                }
-            }
-        })
-        .await
-        .expect("peer waited too long")
-    }
-
-    /// The next message of `type_` with a body, not alice's own room echo: (type, from, body).
-    async fn next_message(&mut self, type_: MessageType) -> (MessageType, String, String) {
-        let stanza = self
-            .wait(|s| {
-                matches!(s, Stanza::Message(m) if !m.bodies.is_empty() && m.type_ == type_
-                    && m.from.as_ref().is_some_and(|f| f.resource().is_none_or(|r| r.as_str() != "alice")))
-            })
-            .await;
-        let Stanza::Message(m) = stanza else { unreachable!() };
-        let body = m.bodies.values().next().cloned().unwrap_or_default();
-        (m.type_, m.from.map(|f| f.to_string()).unwrap_or_default(), body)
-    }
-}
 
 fn send(to: &str, text: &str) -> SendRequest {
     SendRequest {
@@ -118,8 +37,8 @@ async fn xmpp_direct_and_room_messages_both_ways_and_presence() {
     assert_eq!(up.state(), LinkState::Up, "{}", prosody.log());
     assert!(up.address.starts_with("bot@localhost/"), "{}", up.address);
 
-    let mut alice = Peer::connect(&prosody, "alice").await;
-    alice.join("alice").await;
+    let mut alice = XmppPeer::connect(&prosody, "alice", "pw").await;
+    alice.join(ROOM, "alice").await;
     // alice entering the room is presence the bridge reports.
     let joined: Presence = tokio::time::timeout(WAIT, async {
         loop {
@@ -233,8 +152,8 @@ async fn xmpp_reconnects_after_server_restart_and_rejoins_room() {
     assert_eq!(up.state(), LinkState::Up);
 
     // Rejoined: alice in the room hears the bridge and the bridge hears alice.
-    let mut alice = Peer::connect(&prosody, "alice").await;
-    alice.join("alice").await;
+    let mut alice = XmppPeer::connect(&prosody, "alice", "pw").await;
+    alice.join(ROOM, "alice").await;
     bridge
         .accounts
         .send(send(ROOM, "back in the room"))

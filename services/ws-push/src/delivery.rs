@@ -196,11 +196,22 @@ pub async fn consume(
             continue;
         };
         let item = Outgoing { source, offset, frame };
-        let delivered = match &route {
+        // A push that carries a trace context (its producer exports traces) gets a
+        // span in that trace; the others cost nothing more.
+        let span = match message.headers.as_ref() {
+            Some(headers) if headers.get("traceparent").is_some() => {
+                let span = tracing::info_span!("ws_push.deliver", subject = %message.subject, offset, delivered = tracing::field::Empty);
+                switchboard_bus::trace::set_parent_from(&span, Some(headers));
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        let delivered = span.in_scope(|| match &route {
             Route::User(user) => hub.deliver_user(user, &item),
             Route::Channel(channel) => hub.deliver_channel(channel, &item),
             Route::All => hub.deliver_all(&item),
-        };
+        });
+        span.record("delivered", delivered);
         metrics::counter!("ws_push_deliveries_total").increment(delivered as u64);
     }
 }

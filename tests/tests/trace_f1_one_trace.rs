@@ -1,0 +1,256 @@
+//! One trace across services: flow F1 with ami-bridge, hook-runner and ws-push
+//! running as separate processes (each its own OpenTelemetry `service.name`), all
+//! exporting to an OTLP/gRPC receiver in this test through
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`. The call event's span in ami-bridge, the rule's run
+//! in hook-runner and the delivery in ws-push must land in one trace, linked parent
+//! to child: the trace context rides in the NATS headers (`traceparent`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use serde_json::json;
+use switchboard_flows::{JWT_SECRET, PATIENCE, browser_token, bus, example_rule, next_push, open_browser};
+use switchboard_proto::ami::v1 as ami;
+use switchboard_test_support::binary::workspace_binary;
+use switchboard_test_support::{NatsServer, free_port, wait_for_port};
+use tokio_util::sync::CancellationToken;
+
+/// A span as the receiver got it.
+#[derive(Debug, Clone)]
+struct SeenSpan {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+}
+
+/// An OTLP trace receiver keeping every span it is sent.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<SeenSpan>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut seen = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                seen.push(SeenSpan {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    parent_span_id: span.parent_span_id,
+                });
+            }
+        }
+        self.spans.lock().expect("spans").extend(seen);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A service binary running with OTLP export on; killed on drop.
+struct Service(Child);
+
+impl Service {
+    fn start(name: &str, config: &str, env: &[(&str, String)], otlp: SocketAddr, dir: &std::path::Path) -> Self {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, config).expect("write the config");
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let mut command = Command::new(workspace_binary(name));
+        command
+            .arg("--config")
+            .arg(&file)
+            .current_dir(dir)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            // Export each batch within 100 ms rather than the default 5 s.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("SB_HTTP__LISTEN", "127.0.0.1:0")
+            .env("SB_GRPC__LISTEN", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self(command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}")))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_makes_one_trace_across_ami_bridge_hook_runner_and_ws_push() {
+    let nats = NatsServer::start().expect("nats-server");
+    let shutdown = CancellationToken::new();
+    let work = tempfile::tempdir().expect("temp dir");
+
+    // The OTLP receiver.
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    // The PBX, in this process; the three services as processes.
+    let sim = ami_bridge::sim::SimHandle::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        ami_bridge::sim::SimConfig::default(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("AMI simulator");
+    let nats_env = ("SB_NATS__URL", nats.url());
+    let ami_config = format!(
+        "[[pbx]]\nid = \"pbx1\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"sb\"\nsecret = \"sbsecret\"\n",
+        sim.addr().port()
+    );
+    let _ami_bridge = Service::start(
+        "ami-bridge",
+        &ami_config,
+        std::slice::from_ref(&nats_env),
+        otlp,
+        work.path(),
+    );
+    let rules = work.path().join("rules");
+    std::fs::create_dir(&rules).expect("rules dir");
+    std::fs::copy(example_rule("f1-screen-pop.yaml"), rules.join("f1-screen-pop.yaml")).expect("copy the rule");
+    let rules_config = format!("[rules]\ndir = \"{}\"\n", rules.display());
+    let _hook_runner = Service::start(
+        "hook-runner",
+        &rules_config,
+        std::slice::from_ref(&nats_env),
+        otlp,
+        work.path(),
+    );
+    let push_port = free_port();
+    let _ws_push = Service::start(
+        "ws-push",
+        "",
+        &[
+            nats_env.clone(),
+            ("SB_AUTH__JWT_SECRET", JWT_SECRET.to_owned()),
+            ("SB_HTTP__LISTEN", format!("127.0.0.1:{push_port}")),
+        ],
+        otlp,
+        work.path(),
+    );
+    let push_http = SocketAddr::from(([127, 0, 0, 1], push_port));
+    assert!(wait_for_port(push_http, PATIENCE), "ws-push listens");
+
+    // Wait for hook-runner's consumer for the rule (it starts at new events).
+    let observer = bus(&nats).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(stream) = observer.jetstream().get_stream("SB_EVENTS").await
+            && stream.consumer_info("hook-screen-pop").await.is_ok()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hook-runner never consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut socket, _) = open_browser(push_http, &browser_token("101", json!({}))).await;
+
+    // A call rings 101 (retried until ami-bridge holds its PBX session).
+    let originate = ami::ActionRequest {
+        action: "Originate".into(),
+        headers: [
+            ("Channel", "Local/101@from-internal"),
+            ("Application", "Wait"),
+            ("Data", "1"),
+            ("CallerID", "\"Alice Caller\" <5551234>"),
+        ]
+        .iter()
+        .map(|(name, value)| ami::Header {
+            name: (*name).into(),
+            value: (*value).into(),
+        })
+        .collect(),
+        ..Default::default()
+    };
+    loop {
+        match observer
+            .request::<_, ami::ActionResponse>("sb.cmd.ami.pbx1.action", &originate, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(reply) => {
+                assert_eq!(reply.response, "Success");
+                break;
+            }
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "ami-bridge never took the Originate: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let pop = next_push(&mut socket, "call.ringing").await;
+    assert_eq!(pop["push"]["data"]["number"], "5551234", "{pop}");
+
+    // One trace holds a span of each service, each a child of the one before.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let chain = loop {
+        let spans = receiver.spans.lock().expect("spans").clone();
+        let by_id: HashMap<&[u8], &SeenSpan> = spans.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+        let found = spans
+            .iter()
+            .filter(|s| s.service == "ws-push" && s.name == "ws_push.deliver")
+            .find_map(|deliver| {
+                let rule = by_id.get(deliver.parent_span_id.as_slice())?;
+                let call = by_id.get(rule.parent_span_id.as_slice())?;
+                Some([(*call).clone(), (*rule).clone(), deliver.clone()])
+            });
+        if let Some(chain) = found {
+            break chain;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trace links ws-push's delivery to hook-runner and ami-bridge; spans seen: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let [call, rule, deliver] = chain;
+    assert_eq!((call.service.as_str(), call.name.as_str()), ("ami-bridge", "ami.call"));
+    assert_eq!(
+        (rule.service.as_str(), rule.name.as_str()),
+        ("hook-runner", "hook.rule")
+    );
+    assert_eq!(call.trace_id, rule.trace_id);
+    assert_eq!(rule.trace_id, deliver.trace_id);
+    assert_eq!(call.trace_id.len(), 16, "a W3C trace id");
+    shutdown.cancel();
+}
