@@ -142,12 +142,13 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   t.after(() => site.server.close());
 
   const pushPort = await freePort();
-  const push = spawnService(WS_PUSH, {
+  const startPush = () => spawnService(WS_PUSH, {
     SB_NATS__URL: natsUrl,
     SB_HTTP__LISTEN: `127.0.0.1:${pushPort}`,
     SB_GRPC__LISTEN: "127.0.0.1:0",
     SB_AUTH__JWT_SECRET: SECRET,
   });
+  let push = startPush();
   t.after(() => push.kill("SIGKILL"));
   const chatPort = await freePort();
   const pushUrl = `ws://127.0.0.1:${pushPort}/ws`;
@@ -272,6 +273,12 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   await shot(bob, "04-bob-phone-dialog");
   await shot(alice, "05-alice-sees-read");
 
+  // A beep per incoming message (WebAudio); Alice mutes hers before Bob replies.
+  assert.equal(await bob.evaluate(() => SwitchboardChat.soundsPlayed()), 3);
+  await alice.click(".sbc-mute");
+  await alice.waitForSelector(".sbc-mute[aria-pressed=true]");
+  assert.equal(await alice.evaluate(() => SwitchboardChat.isMuted()), true);
+
   // --- typing and a reply ----------------------------------------------------------------
   await bob.type(".sbc-input", "Hi Al");
   await alice.waitForSelector(".sbc-typing:not([hidden])");
@@ -279,6 +286,7 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   await bob.press(".sbc-input", "Enter");
   await alice.waitForFunction(() => [...document.querySelectorAll(".sbc-theirs .sbc-text")].some((n) => n.textContent === "Hi Alice"));
   await alice.waitForSelector(".sbc-typing", { state: "hidden" });
+  assert.equal(await alice.evaluate(() => SwitchboardChat.soundsPlayed()), 0, "muted: no sound");
 
   // --- the admin console saw everything live ----------------------------------------------
   await admin.waitForFunction(() => document.querySelectorAll("#monitor-list li.message").length === 4);
@@ -337,6 +345,16 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   await bob.click(".sbc-tab[data-tab=all]");
   await bob.click(".sbc-dialogs .sbc-dialog[data-peer='101']");
   await bob.waitForSelector(`.sbc-msg[data-id='${deleteId}'] .sbc-deleted`);
+
+  // --- the live connection's state is shown, and it comes back --------------------------------
+  push.kill("SIGKILL");
+  await alice.waitForSelector(".sbc-root[data-live=offline] .sbc-live:not([hidden])");
+  assert.match(await alice.textContent(".sbc-live"), /reconnecting/);
+  await shot(alice, "10-alice-offline");
+  push = startPush();
+  await ready(pushPort);
+  await alice.waitForSelector(".sbc-root[data-live=connected]", { timeout: 30000 });
+  assert.equal(await alice.locator(".sbc-live").isHidden(), true);
 
   // --- keyboard: Esc closes the panel, the launcher gets the focus --------------------------
   await alice.keyboard.press("Escape");

@@ -70,6 +70,37 @@
     return blobs[path];
   }
 
+  // User names from /api/v1/users, fetched in batches; links show "name (id)".
+  var names = {};
+  var wanted = {};
+  var namesTimer = null;
+
+  function userLink(id, onclick, title) {
+    var link = el("button", { type: "button", class: "link user-link", "data-user": id, title: title, onclick: onclick });
+    link.textContent = names[id] ? names[id] + " (" + id + ")" : id;
+    if (names[id] === undefined) {
+      wanted[id] = true;
+      clearTimeout(namesTimer);
+      namesTimer = setTimeout(fetchNames, 50);
+    }
+    return link;
+  }
+
+  function fetchNames() {
+    var ids = Object.keys(wanted).slice(0, 200);
+    ids.forEach(function (id) { delete wanted[id]; names[id] = ""; });
+    if (!ids.length) return;
+    api("GET", "/api/v1/users?ids=" + ids.map(encodeURIComponent).join(",")).then(function (r) {
+      ((r && r.users) || []).forEach(function (u) { names[u.id] = u.name || u.login || ""; });
+      ids.forEach(function (id) {
+        if (!names[id]) return;
+        var links = document.querySelectorAll('.user-link[data-user="' + CSS.escape(id) + '"]');
+        for (var i = 0; i < links.length; i++) links[i].textContent = names[id] + " (" + id + ")";
+      });
+    }, function () { /* names are cosmetic */ });
+    if (Object.keys(wanted).length) namesTimer = setTimeout(fetchNames, 50);
+  }
+
   function when(iso) {
     if (!iso) return "";
     var d = new Date(iso);
@@ -84,11 +115,12 @@
       el("span", { class: "id", text: "#" + m.id }),
       el("time", { datetime: m.createdAt || "", text: when(m.createdAt) }),
       el("span", { class: "who" },
-        el("button", { type: "button", class: "link user-link", text: m.from, title: "All messages of " + m.from, onclick: function () { showUser(m.from); } }),
+        userLink(m.from, function () { showUser(m.from); }, "All messages of this user"),
         " \u2192 ",
-        el("button", { type: "button", class: "link user-link", text: m.to, title: "All messages of " + m.to, onclick: function () { showUser(m.to); } })),
+        userLink(m.to, function () { showUser(m.to); }, "All messages of this user")),
       el("button", { type: "button", class: "link", text: "dialog", title: "The dialog of these two users", onclick: function () { showDialog(m.from, m.to); } }),
-      el("span", { class: "status", text: m.deletedAt ? "deleted " + when(m.deletedAt) : m.readAt ? "read" : m.deliveredAt ? "delivered" : "sent" }));
+      el("span", { class: "status", title: "State when this row was loaded or pushed",
+        text: m.deletedAt ? "deleted " + when(m.deletedAt) : m.readAt ? "read" : m.deliveredAt ? "delivered" : "sent" }));
     row.appendChild(head);
     if (m.attachment && !m.deletedAt) {
       var img = el("img", { class: "thumb", alt: "attachment " + m.attachment.id });
@@ -172,9 +204,9 @@
         el("span", { class: "id", text: "complaint #" + c.id }),
         el("time", { datetime: c.createdAt || "", text: when(c.createdAt) }),
         el("span", { class: "who" }, "from ",
-          el("button", { type: "button", class: "link user-link", text: c.reporter, onclick: function () { showUser(c.reporter); } }),
+          userLink(c.reporter, function () { showUser(c.reporter); }, "All messages of this user"),
           " about ",
-          el("button", { type: "button", class: "link user-link", text: c.targetUser, onclick: function () { showUser(c.targetUser); } })),
+          userLink(c.targetUser, function () { showUser(c.targetUser); }, "All messages of this user")),
         c.messageId ? el("span", { text: "message #" + c.messageId }) : null,
         el("button", { type: "button", class: "link", text: "dialog", onclick: function () { showDialog(c.reporter, c.targetUser); } })),
       el("p", { class: "text", text: c.reason }));

@@ -112,6 +112,28 @@
     return node;
   }
 
+  // Line icons (SVG built in the DOM: no markup strings, no icon font, no emoji font).
+  var ICONS = {
+    chat: ["M21 11.5a8.38 8.38 0 0 1-.9 3.8 8.5 8.5 0 0 1-7.6 4.7 8.38 8.38 0 0 1-3.8-.9L3 21l1.9-5.7a8.38 8.38 0 0 1-.9-3.8 8.5 8.5 0 0 1 4.7-7.6 8.38 8.38 0 0 1 3.8-.9h.5a8.48 8.48 0 0 1 8 8v.5z"],
+    bell: ["M18 8A6 6 0 0 0 6 8c0 7-3 9-3 9h18s-3-2-3-9", "M13.73 21a2 2 0 0 1-3.46 0"],
+    bellOff: ["M18 8A6 6 0 0 0 6 8c0 7-3 9-3 9h18s-3-2-3-9", "M13.73 21a2 2 0 0 1-3.46 0", "M2 2l20 20"],
+    clip: ["M21.44 11.05l-9.19 9.19a6 6 0 0 1-8.49-8.49l9.19-9.19a4 4 0 0 1 5.66 5.66l-9.2 9.19a2 2 0 0 1-2.83-2.83l8.49-8.48"]
+  };
+
+  function icon(name) {
+    var NS = "http://www.w3.org/2000/svg";
+    var svg = document.createElementNS(NS, "svg");
+    [["viewBox", "0 0 24 24"], ["width", "20"], ["height", "20"], ["fill", "none"], ["stroke", "currentColor"],
+      ["stroke-width", "2"], ["stroke-linecap", "round"], ["stroke-linejoin", "round"], ["aria-hidden", "true"], ["focusable", "false"]]
+      .forEach(function (a) { svg.setAttribute(a[0], a[1]); });
+    ICONS[name].forEach(function (d) {
+      var path = document.createElementNS(NS, "path");
+      path.setAttribute("d", d);
+      svg.appendChild(path);
+    });
+    return svg;
+  }
+
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
   }
@@ -323,6 +345,7 @@
   };
 
   Chat.prototype.setLive = function (state) {
+    if (state === this.liveState && this.ui.root.hasAttribute("data-live")) return;
     this.liveState = state;
     var text = { connecting: this.s.connecting, offline: this.s.offline, off: this.s.noLive, signedOut: this.s.signedOut }[state] || "";
     this.ui.live.textContent = text;
@@ -471,7 +494,8 @@
     this.ui.mute.setAttribute("aria-pressed", this.muted ? "true" : "false");
     this.ui.mute.setAttribute("aria-label", this.muted ? this.s.unmute : this.s.mute);
     this.ui.mute.title = this.muted ? this.s.unmute : this.s.mute;
-    this.ui.mute.textContent = this.muted ? "\uD83D\uDD07" : "\uD83D\uDD14";
+    clear(this.ui.mute);
+    this.ui.mute.appendChild(icon(this.muted ? "bellOff" : "bell"));
   };
 
   // --- unread ----------------------------------------------------------------------
@@ -1082,7 +1106,7 @@
     var ui = self.ui = {};
     ui.badge = el("span", { class: "sbc-badge", hidden: true });
     ui.launcher = el("button", { type: "button", class: "sbc-launcher", "aria-expanded": "false", "aria-label": s.open, title: s.chat,
-      onclick: function () { self.unlockAudio(); self.show(!self.isOpen); } }, el("span", { "aria-hidden": "true", text: "\uD83D\uDCAC" }), ui.badge);
+      onclick: function () { self.unlockAudio(); self.show(!self.isOpen); } }, icon("chat"), ui.badge);
     ui.live = el("span", { class: "sbc-live", role: "status", hidden: true });
     ui.mute = el("button", { type: "button", class: "sbc-icon sbc-mute", onclick: function () { self.unlockAudio(); self.setMuted(!self.muted); } });
     var closeBtn = el("button", { type: "button", class: "sbc-icon sbc-close", "aria-label": s.close, title: s.close, text: "\u2715", onclick: function () { self.show(false); } });
@@ -1118,7 +1142,7 @@
     ui.preview = el("div", { class: "sbc-preview", hidden: true });
     ui.file = el("input", { type: "file", accept: "image/*", class: "sbc-file", tabindex: "-1", "aria-hidden": "true",
       onchange: function () { self.pickImage(ui.file.files && ui.file.files[0]); } });
-    ui.attachBtn = el("button", { type: "button", class: "sbc-icon sbc-attach", "aria-label": s.attach, title: s.attach, text: "\uD83D\uDCCE", onclick: function () { ui.file.click(); } });
+    ui.attachBtn = el("button", { type: "button", class: "sbc-icon sbc-attach", "aria-label": s.attach, title: s.attach, onclick: function () { ui.file.click(); } }, icon("clip"));
     ui.input = el("textarea", { class: "sbc-input", rows: "1", placeholder: s.write, "aria-label": s.write, maxlength: "4000",
       oninput: function () { self.typed(); } });
     ui.input.addEventListener("keydown", function (e) {
