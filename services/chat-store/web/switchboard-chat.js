@@ -390,13 +390,44 @@
       } else {
         d.unread = (d.unread || 0) + 1;
         self.unreadTotal += 1;
-        self.api("POST", "/api/v1/dialogs/" + encodeURIComponent(peer) + "/delivered", { upToMessageId: message.id }).catch(function () {});
+        self.deliverLater(peer, message.id);
         self.unreadChanged(peer);
+        self.syncUnreadLater(peer);
       }
       self.beep();
       self.emit("message", { message: message, peer: peer });
     }
     self.moveToTop(peer);
+  };
+
+  // Marks a peer's messages delivered up to the newest id seen: one request per burst.
+  Chat.prototype.deliverLater = function (peer, id) {
+    var self = this;
+    var due = self.deliveries || (self.deliveries = {});
+    var entry = due[peer] || (due[peer] = { upTo: 0, timer: null });
+    entry.upTo = Math.max(entry.upTo, idNum(id));
+    if (entry.timer) return;
+    entry.timer = setTimeout(function () {
+      delete due[peer];
+      self.api("POST", "/api/v1/dialogs/" + encodeURIComponent(peer) + "/delivered", { upToMessageId: String(entry.upTo) }).catch(function () {});
+    }, 300);
+  };
+
+  // The counters above are bumped at once; the server's count replaces them shortly
+  // after (a burst, or a dialog list loaded mid-burst, cannot leave them wrong).
+  Chat.prototype.syncUnreadLater = function (peer) {
+    var self = this;
+    var due = self.unreadDue || (self.unreadDue = {});
+    if (due[peer]) return;
+    due[peer] = setTimeout(function () {
+      delete due[peer];
+      Promise.all([self.api("GET", "/api/v1/unread?peer=" + encodeURIComponent(peer)), self.api("GET", "/api/v1/unread")]).then(function (r) {
+        var d = self.dialogs[peer];
+        if (d && !(self.current && self.current.peer === peer && self.isOpen)) d.unread = (r[0] && r[0].unread) || 0;
+        self.unreadTotal = (r[1] && r[1].unread) || 0;
+        self.unreadChanged(peer);
+      }, function () {});
+    }, 500);
   };
 
   Chat.prototype.onChanged = function (message) {
@@ -468,9 +499,13 @@
     try { this.audio = new Ctx(); } catch (e) { this.audio = null; }
   };
 
+  // At most one beep every 1.5 s, so a burst of messages is one sound.
   Chat.prototype.beep = function () {
-    this.sounds = (this.sounds || 0) + (this.muted ? 0 : 1);
-    if (this.muted || !this.audio) return;
+    var now = Date.now();
+    if (this.muted || now - (this.lastBeep || 0) < 1500) return;
+    this.lastBeep = now;
+    this.sounds = (this.sounds || 0) + 1;
+    if (!this.audio) return;
     try {
       var ctx = this.audio;
       if (ctx.state === "suspended") ctx.resume();
