@@ -394,6 +394,11 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   await alice.keyboard.press("Escape");
   await alice.waitForSelector(".sbc-panel", { state: "hidden" });
   assert.equal(await alice.evaluate(() => document.activeElement.classList.contains("sbc-launcher")), true);
+  await alice.keyboard.press("Enter");
+  await alice.waitForSelector(".sbc-panel:not([hidden])");
+  assert.equal(await alice.evaluate(() => document.activeElement.classList.contains("sbc-input")), true, "the focus goes into the panel");
+  await alice.keyboard.press("Shift+Tab");
+  assert.equal(await alice.evaluate(() => document.activeElement.closest(".sbc-panel") !== null), true, "Tab moves within the panel");
 
   assert.deepEqual(problems, [], "no JS dialogs, page errors or CSP violations");
 });

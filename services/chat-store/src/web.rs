@@ -16,6 +16,8 @@ pub const WIDGET_JS: &str = concat!(
     "\n",
     include_str!("../web/switchboard-chat.js")
 );
+/// `/widget/switchboard-chat.d.ts`: TypeScript declarations of the widget's API.
+pub const WIDGET_TYPES: &str = include_str!("../web/switchboard-chat.d.ts");
 /// `/widget/switchboard-chat.css`.
 pub const WIDGET_CSS: &str = include_str!("../web/switchboard-chat.css");
 /// `/widget/demo.html`: a page embedding the widget.
@@ -65,6 +67,10 @@ pub fn router(widget: &WidgetConfig) -> Router {
         .route(
             "/widget/switchboard-chat.css",
             get(|| async { asset("text/css; charset=utf-8", WIDGET_CSS, None) }),
+        )
+        .route(
+            "/widget/switchboard-chat.d.ts",
+            get(|| async { asset("text/plain; charset=utf-8", WIDGET_TYPES, None) }),
         )
         .route("/widget/demo.html", get(page(DEMO_HTML)))
         .route(

@@ -772,6 +772,7 @@ async fn widget_and_admin_pages_are_served_with_a_strict_policy() {
         ("/admin/", "text/html", true),
         ("/widget/switchboard-chat.js", "text/javascript", false),
         ("/widget/switchboard-chat.css", "text/css", false),
+        ("/widget/switchboard-chat.d.ts", "text/plain", false),
         ("/widget/demo.js", "text/javascript", false),
         ("/admin/admin.js", "text/javascript", false),
         ("/admin/admin.css", "text/css", false),

@@ -1120,8 +1120,13 @@
     this.ui.root.classList.toggle("sbc-open", open);
     this.ui.panel.hidden = !open;
     this.ui.launcher.setAttribute("aria-expanded", open ? "true" : "false");
-    if (open) this.markRead();
-    else this.ui.launcher.focus();
+    // The focus follows: into the panel (the launcher hides), back to the launcher.
+    if (open) {
+      this.markRead();
+      (this.current && !this.ui.input.disabled ? this.ui.input : this.ui.search).focus();
+    } else {
+      this.ui.launcher.focus();
+    }
     this.emit(open ? "open" : "close", {});
   };
 
