@@ -706,14 +706,14 @@
     this.unlockAudio();
     this.show(true);
     if (peer === undefined || peer === null || peer === "") {
-      if (this.current) this.ui.input.focus(); else this.ui.search.focus();
+      this.focusInside();
       return Promise.resolve();
     }
     peer = String(peer);
     if (this.me && peer === this.me.user) return Promise.resolve();
     if (this.current && this.current.peer === peer) {
       this.markRead();
-      this.ui.input.focus();
+      this.focusInside();
       return Promise.resolve();
     }
     this.current = { peer: peer, messages: {}, pending: {}, nextCursor: "", hasMore: true, loading: false };
@@ -727,7 +727,7 @@
     this.renderDialogHeader();
     this.renderDialogs();
     this.renderTyping();
-    this.ui.input.focus();
+    this.focusInside();
     return this.loadHistory(false);
   };
 
@@ -736,7 +736,7 @@
     this.ui.root.classList.remove("sbc-in-dialog");
     this.ui.pane.hidden = true;
     this.renderDialogs();
-    this.ui.search.focus();
+    this.focusInside();
   };
 
   Chat.prototype.renderDialogHeader = function () {
@@ -922,7 +922,7 @@
       el("img", { src: url, alt: self.s.image }));
     var closeBtn = el("button", { type: "button", class: "sbc-icon sbc-lightbox-close", "aria-label": self.s.close, text: "\u2715" });
     box.appendChild(closeBtn);
-    var close = function () { if (box.parentNode) box.parentNode.removeChild(box); self.ui.input.focus(); };
+    var close = function () { if (box.parentNode) box.parentNode.removeChild(box); self.focusInside(); };
     closeBtn.addEventListener("click", close);
     box.addEventListener("click", function (e) { if (e.target === box) close(); });
     box.addEventListener("keydown", function (e) { if (e.key === "Escape") { e.stopPropagation(); close(); } });
@@ -1083,7 +1083,7 @@
       el("div", { class: "sbc-sheet-buttons" },
         el("button", { type: "button", class: "sbc-button sbc-secondary", text: s.cancel, onclick: function () { close(); } }),
         el("button", { type: "submit", class: "sbc-button", text: s.complain })));
-    var close = function () { if (form.parentNode) form.parentNode.removeChild(form); self.ui.input.focus(); };
+    var close = function () { if (form.parentNode) form.parentNode.removeChild(form); self.focusInside(); };
     form.addEventListener("keydown", function (e) { if (e.key === "Escape") { e.stopPropagation(); close(); } });
     form.addEventListener("submit", function (e) {
       e.preventDefault();
@@ -1123,11 +1123,23 @@
     // The focus follows: into the panel (the launcher hides), back to the launcher.
     if (open) {
       this.markRead();
-      (this.current && !this.ui.input.disabled ? this.ui.input : this.ui.search).focus();
+      this.focusInside();
     } else {
       this.ui.launcher.focus();
     }
     this.emit(open ? "open" : "close", {});
+  };
+
+  // Moves the focus into the panel: the message field or the search with a mouse and
+  // keyboard; the selected tab or the dialog's back button on touch screens, where
+  // focusing a text field would pop the on-screen keyboard over the messages.
+  Chat.prototype.focusInside = function () {
+    var touch = root.matchMedia && root.matchMedia("(pointer: coarse)").matches;
+    var target;
+    if (this.current) target = touch ? this.ui.backBtn : (this.ui.input.disabled ? this.ui.favBtn : this.ui.input);
+    else target = touch ? this.ui.tabs.querySelector('[aria-selected="true"]') : this.ui.search;
+    if (target && target.offsetParent === null) target = this.ui.closeBtn;
+    if (target) target.focus();
   };
 
   Chat.prototype.destroy = function () {
@@ -1149,7 +1161,7 @@
       onclick: function () { self.unlockAudio(); self.show(!self.isOpen); } }, icon("chat"), ui.badge);
     ui.live = el("span", { class: "sbc-live", role: "status", hidden: true });
     ui.mute = el("button", { type: "button", class: "sbc-icon sbc-mute", onclick: function () { self.unlockAudio(); self.setMuted(!self.muted); } });
-    var closeBtn = el("button", { type: "button", class: "sbc-icon sbc-close", "aria-label": s.close, title: s.close, text: "\u2715", onclick: function () { self.show(false); } });
+    var closeBtn = ui.closeBtn = el("button", { type: "button", class: "sbc-icon sbc-close", "aria-label": s.close, title: s.close, text: "\u2715", onclick: function () { self.show(false); } });
 
     ui.tabs = el("div", { class: "sbc-tabs", role: "tablist" });
     ["all", "favourites", "blocked"].forEach(function (tab) {
@@ -1174,7 +1186,7 @@
     ui.favBtn = el("button", { type: "button", class: "sbc-icon sbc-fav", onclick: function () { self.toggleRelation("favourite"); } });
     ui.blockBtn = el("button", { type: "button", class: "sbc-button sbc-secondary sbc-block", onclick: function () { self.toggleRelation("blocked"); } });
     var complainBtn = el("button", { type: "button", class: "sbc-button sbc-secondary sbc-complain", text: s.complain, onclick: function () { self.openComplaint(""); } });
-    var backBtn = el("button", { type: "button", class: "sbc-icon sbc-back", "aria-label": s.back, title: s.back, text: "\u2190", onclick: function () { self.closeDialog(); } });
+    var backBtn = ui.backBtn = el("button", { type: "button", class: "sbc-icon sbc-back", "aria-label": s.back, title: s.back, text: "\u2190", onclick: function () { self.closeDialog(); } });
     ui.older = el("div", { class: "sbc-older", hidden: true, text: s.loadingOlder });
     ui.messages = el("div", { class: "sbc-messages", role: "log", "aria-live": "polite", tabindex: "0" });
     ui.messages.addEventListener("scroll", function () { if (ui.messages.scrollTop < 80) self.loadHistory(false); });
