@@ -610,6 +610,8 @@
     var self = this;
     if (!self.ui || self.searching) return;
     var ul = self.ui.dialogs;
+    // Re-rendering keeps the keyboard focus on the same dialog.
+    var focused = ul.contains(document.activeElement) ? document.activeElement.getAttribute("data-peer") : null;
     clear(ul);
     if (!self.order.length) {
       ul.appendChild(el("li", { class: "sbc-empty", text: self.s.noDialogs }));
@@ -636,6 +638,7 @@
         d.favourite ? el("span", { class: "sbc-star", "aria-hidden": "true", text: "\u2605" }) : null,
         d.unread ? el("span", { class: "sbc-unread", "aria-label": self.s.unreadCount.replace("{n}", d.unread), text: String(d.unread) }) : null);
       ul.appendChild(el("li", null, button));
+      if (peer === focused) button.focus();
     });
     self.renderTyping();
   };
