@@ -77,10 +77,30 @@ const tokens = {
 };
 
 // The site's users URL (the seed's URL_getUsersInfo): POST users=1,2 -> JSON array;
-// and a LibreTranslate-compatible /translate that upper-cases the text.
+// a LibreTranslate-compatible /translate that upper-cases the text; and a page of the
+// site (another origin than chat-store's) embedding the widget with one script tag.
 function startSite() {
   const asked = new Set();
+  const site = { asked, chatBase: "" };
   const server = createHttpServer((req, res) => {
+    if (req.method === "GET" && req.url === "/embed.html") {
+      res.setHeader("content-type", "text/html; charset=utf-8");
+      res.end(`<!doctype html><html><head><meta charset="utf-8"><title>Another site</title>
+<link rel="stylesheet" href="${site.chatBase}/widget/switchboard-chat.css"></head>
+<body><h1>Another site</h1><p>Unread: <span id="unread">?</span></p>
+<script src="${site.chatBase}/widget/switchboard-chat.js"></script>
+<script src="/embed.js"></script></body></html>`);
+      return;
+    }
+    if (req.method === "GET" && req.url === "/embed.js") {
+      res.setHeader("content-type", "text/javascript");
+      res.end(`SwitchboardChat.on("unread", (e) => { document.getElementById("unread").textContent = e.total; });
+SwitchboardChat.init({ token: window.testToken, success(chat) {
+  document.getElementById("unread").textContent = chat.countNewMessagesSum();
+  document.body.dataset.chat = "ready";
+} });`);
+      return;
+    }
     let body = "";
     req.on("data", (c) => { body += c; });
     req.on("end", () => {
@@ -95,7 +115,7 @@ function startSite() {
       res.end(JSON.stringify(ids.map((id) => USERS[id]).filter(Boolean)));
     });
   });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, asked, port: server.address().port })));
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(Object.assign(site, { server, port: server.address().port }))));
 }
 
 // Each service's log goes to artifacts/<name>.log, to read after a failure.
@@ -164,6 +184,7 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
     SB_AUTH__JWT_SECRET: SECRET,
     SB_AUTH__USERS_URL: `http://127.0.0.1:${site.port}/users`,
     SB_WIDGET__PUSH_URL: pushUrl,
+    SB_WIDGET__ALLOWED_ORIGINS: `["http://127.0.0.1:${site.port}"]`,
     SB_TRANSLATE__URL: `http://127.0.0.1:${site.port}`,
     // Carol sends 65 messages in a few seconds to fill a long history.
     SB_CHAT__RATE_PER_MINUTE: "600",
@@ -173,6 +194,7 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   await ready(pushPort);
   await ready(chatPort);
   const base = `http://127.0.0.1:${chatPort}`;
+  site.chatBase = base;
 
   // The pages carry a strict CSP that allows ws-push's origin and nothing inline.
   for (const path of ["/widget/demo.html", "/admin/"]) {
@@ -389,6 +411,23 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   const carol = await alice.$$eval(".sbc-theirs[data-id] .sbc-text", (nodes) => nodes.map((n) => n.textContent));
   assert.deepEqual(carol, Array.from({ length: 65 }, (_, i) => `carol ${i + 1}`), "every message once, oldest first");
   await alice.waitForFunction(() => SwitchboardChat.countNewMessages("103") === 0 && SwitchboardChat.countNewMessagesSum() === 0);
+
+  // --- another site embeds the widget with one script tag (CORS) ------------------------------
+  const carolContext = await browser.newContext({ viewport: { width: 1024, height: 768 } });
+  await carolContext.addInitScript((token) => { window.testToken = token; }, tokens.carol);
+  const carolPage = await watchedPage(carolContext, problems);
+  await carolPage.goto(`http://127.0.0.1:${site.port}/embed.html`);
+  await carolPage.waitForSelector("body[data-chat=ready]");
+  await carolPage.waitForSelector(".sbc-root[data-live=connected]");
+  await carolPage.click(".sbc-launcher");
+  await carolPage.click(".sbc-dialogs .sbc-dialog[data-peer='101']");
+  await carolPage.waitForFunction(() => document.querySelectorAll(".sbc-mine[data-id]").length >= 30);
+  await carolPage.waitForFunction(() => [...document.querySelectorAll(".sbc-mine .sbc-ticks")].every((t) => t.dataset.status === "read"));
+  await carolPage.fill(".sbc-input", "from another site");
+  await carolPage.press(".sbc-input", "Enter");
+  await alice.waitForFunction(() => [...document.querySelectorAll(".sbc-theirs .sbc-text")].some((n) => n.textContent === "from another site"));
+  await shot(carolPage, "11-carol-on-another-site");
+  await carolContext.close();
 
   // --- keyboard: Esc closes the panel, the launcher gets the focus --------------------------
   await alice.keyboard.press("Escape");

@@ -182,13 +182,18 @@
     this.liveState = "connecting";
   }
 
+  // Where this script came from, read while it runs (later, document.currentScript is
+  // the page's script that calls init): chat-store's origin, the default `server`.
+  var scriptElement = document.currentScript || document.querySelector('script[src*="switchboard-chat.js"]');
+  var scriptOrigin = "";
+  try {
+    scriptOrigin = new URL(scriptElement.src, root.location.href).origin;
+  } catch (e) {
+    scriptOrigin = "";
+  }
+
   function defaultServer() {
-    var script = document.currentScript || document.querySelector('script[src*="switchboard-chat.js"]');
-    try {
-      return new URL(script.src, root.location.href).origin;
-    } catch (e) {
-      return root.location.origin;
-    }
+    return scriptOrigin || root.location.origin;
   }
 
   function storageGet(key) {
