@@ -1152,6 +1152,13 @@
 
   Chat.prototype.destroy = function () {
     if (this.push) this.push.close();
+    if (this.onVisibility) document.removeEventListener("visibilitychange", this.onVisibility);
+    var timers = [this.toastTimer, this.searchTimer];
+    [this.typingTimers, this.unreadDue || {}].forEach(function (map) {
+      Object.keys(map).forEach(function (k) { timers.push(map[k]); });
+    });
+    Object.keys(this.deliveries || {}).forEach(function (k) { timers.push(this.deliveries[k].timer); }, this);
+    timers.forEach(function (t) { clearTimeout(t); });
     if (this.ui && this.ui.root.parentNode) this.ui.root.parentNode.removeChild(this.ui.root);
     var blobs = this.blobs;
     Object.keys(blobs).forEach(function (k) { blobs[k].then(function (u) { URL.revokeObjectURL(u); }, function () {}); });
@@ -1231,7 +1238,8 @@
     ui.root = el("div", { class: "sbc-root", lang: self.lang }, ui.panel, ui.launcher);
     self.setMuted(self.muted);
     (self.options.container || document.body).appendChild(ui.root);
-    document.addEventListener("visibilitychange", function () { if (!document.hidden) self.markRead(); });
+    self.onVisibility = function () { if (!document.hidden) self.markRead(); };
+    document.addEventListener("visibilitychange", self.onVisibility);
     self.renderBadge();
   };
 
