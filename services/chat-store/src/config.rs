@@ -34,6 +34,8 @@ pub struct Config {
     pub translate: TranslateConfig,
     /// Image attachments.
     pub attachments: AttachmentsConfig,
+    /// The chat widget and the admin console pages.
+    pub widget: WidgetConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             management: ManagementConfig::default(),
             translate: TranslateConfig::default(),
             attachments: AttachmentsConfig::default(),
+            widget: WidgetConfig::default(),
         }
     }
 }
@@ -192,6 +195,31 @@ impl Default for AttachmentsConfig {
     }
 }
 
+/// `[widget]`: what the widget and the admin console need to know.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WidgetConfig {
+    /// ws-push's WebSocket URL (`wss://push.example.com/ws`), told to pages by
+    /// `GET /api/v1/me` and allowed by their Content-Security-Policy; empty: no live
+    /// updates unless the page passes `push` to `SwitchboardChat.init`.
+    pub push_url: String,
+    /// Origins (`https://www.example.com`) whose pages may call the API from the
+    /// browser (CORS), for the widget embedded in another site; empty: same origin only.
+    pub allowed_origins: Vec<String>,
+}
+
+impl WidgetConfig {
+    /// The `scheme://host[:port]` of `push_url`, empty when it is not set.
+    pub fn push_origin(&self) -> &str {
+        let url = self.push_url.as_str();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return "";
+        };
+        let host_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        &url[..scheme.len() + 3 + host_len]
+    }
+}
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), String> {
         self.nats.validate().map_err(|e| e.to_string())?;
@@ -226,6 +254,26 @@ impl Validate for Config {
         {
             return Err("attachments.max_bytes, max_dimension and thumbnail_size must be at least 1".into());
         }
+        let push = &self.widget.push_url;
+        let push_ok = push.is_empty()
+            || ((push.starts_with("ws://") || push.starts_with("wss://"))
+                && self.widget.push_origin().len() > push.find("://").unwrap_or(0) + 3
+                && !push
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == ';' || c == '\'' || c == ','));
+        if !push_ok {
+            return Err("widget.push_url must be a ws:// or wss:// URL".into());
+        }
+        for origin in &self.widget.allowed_origins {
+            let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin.parse::<axum::http::HeaderValue>().is_ok();
+            if !valid {
+                return Err(format!(
+                    "widget.allowed_origins: {origin:?} is not an origin like https://www.example.com"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -233,5 +281,46 @@ impl Validate for Config {
 impl ServiceConfig for Config {
     fn log(&self) -> &LogConfig {
         &self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_push_origin_is_scheme_host_and_port() {
+        let widget = |url: &str| WidgetConfig {
+            push_url: url.into(),
+            allowed_origins: vec![],
+        };
+        assert_eq!(
+            widget("wss://push.example.com/ws").push_origin(),
+            "wss://push.example.com"
+        );
+        assert_eq!(
+            widget("ws://127.0.0.1:8083/ws?x#y").push_origin(),
+            "ws://127.0.0.1:8083"
+        );
+        assert_eq!(widget("ws://h:1").push_origin(), "ws://h:1");
+        assert_eq!(widget("").push_origin(), "");
+        assert_eq!(widget("nonsense").push_origin(), "");
+    }
+
+    #[test]
+    fn widget_urls_are_checked() {
+        let check = |push: &str, origins: &[&str]| {
+            let mut config = Config::default();
+            config.widget.push_url = push.into();
+            config.widget.allowed_origins = origins.iter().map(|s| (*s).to_owned()).collect();
+            config.validate()
+        };
+        assert!(check("", &[]).is_ok());
+        assert!(check("wss://push.example.com/ws", &["https://www.example.com"]).is_ok());
+        assert!(check("http://push.example.com/ws", &[]).is_err());
+        assert!(check("ws://", &[]).is_err());
+        assert!(check("ws://a.example.com; script-src *", &[]).is_err());
+        assert!(check("", &["https://www.example.com/"]).is_err());
+        assert!(check("", &["*"]).is_err());
     }
 }

@@ -30,6 +30,8 @@ pub struct HttpState {
     pub management: Management,
     /// The largest upload accepted, in bytes.
     pub max_upload: usize,
+    /// What the widget and the admin console are told, and who may embed them.
+    pub widget: crate::config::WidgetConfig,
 }
 
 /// Errors as JSON: `{"code": "ERROR_CODE_...", "reason": "blocked", "message": "..."}`.
@@ -130,8 +132,27 @@ fn credentials(headers: &HeaderMap) -> Result<Credentials, Error> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PageQuery {
+    #[serde(deserialize_with = "number_or_text")]
     page_size: u32,
     cursor: String,
+}
+
+/// A number given as a number or as text: a query flattened into another (`#[serde(flatten)]`)
+/// reaches its fields as text, which a plain `u32` refuses.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(u32),
+        Text(String),
+    }
+    match Given::deserialize(deserializer)? {
+        Given::Number(n) => Ok(n),
+        Given::Text(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("pageSize must be a number, not {text:?}"))),
+    }
 }
 
 impl PageQuery {
@@ -154,8 +175,43 @@ fn query_rejection(e: axum::extract::rejection::QueryRejection) -> Error {
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
-/// The router: every API route plus `/openapi.json`.
+/// The router: every API route, `/openapi.json`, and the widget and admin pages
+/// (`crate::web`); the API answers CORS requests from `widget.allowed_origins`.
 pub fn router(state: HttpState) -> Router {
+    let web = crate::web::router(&state.widget);
+    let cors = cors(&state.widget.allowed_origins);
+    let api = api_router(state);
+    let api = match cors {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
+    api.merge(web)
+}
+
+/// CORS for the browser API from the configured origins (credentials travel in the
+/// Authorization header, never in cookies, so `allow_credentials` stays off).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
+                HeaderName::from_static("x-chat-user"),
+                HeaderName::from_static("x-chat-key"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+fn api_router(state: HttpState) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/api/v1/me", get(me))
@@ -196,15 +252,22 @@ pub fn router(state: HttpState) -> Router {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Me {
     user: String,
     admin: bool,
+    /// ws-push's WebSocket URL (`widget.push_url`), empty when not configured.
+    push_url: String,
+    /// Whether `/api/v1/messages/{id}/translation` can answer.
+    translate: bool,
 }
 
-async fn me(User(caller): User) -> Json<Me> {
+async fn me(State(state): State<HttpState>, User(caller): User) -> Json<Me> {
     Json(Me {
         user: caller.user,
         admin: caller.admin,
+        push_url: state.widget.push_url.clone(),
+        translate: state.chat.can_translate(),
     })
 }
 

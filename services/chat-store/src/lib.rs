@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod service;
 pub mod store;
 pub mod translate;
+pub mod web;
 
 pub use config::Config;
 pub use error::Error;
@@ -56,6 +57,7 @@ pub struct App {
     chat: Chat,
     management: Management,
     max_upload: usize,
+    widget: config::WidgetConfig,
     shutdown: CancellationToken,
 }
 
@@ -102,6 +104,7 @@ impl App {
             chat,
             management: Management::new(config.management),
             max_upload,
+            widget: config.widget.clone(),
             shutdown,
         })
     }
@@ -134,6 +137,7 @@ impl App {
             chat: self.chat.clone(),
             management: self.management.clone(),
             max_upload: self.max_upload,
+            widget: self.widget.clone(),
         });
         let endpoints = Endpoints {
             router,

@@ -178,6 +178,11 @@ impl Chat {
         Ok((found.content_type.clone(), self.inner.blobs.get(key).await?))
     }
 
+    /// Whether a translator is configured.
+    pub fn can_translate(&self) -> bool {
+        self.inner.translator.is_some()
+    }
+
     /// A message's text in `lang`: from the cache, else from the translator (then
     /// cached per message and language).
     pub async fn translate(&self, message: &message::Model, lang: &str) -> Result<String, Error> {

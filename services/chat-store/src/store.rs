@@ -395,6 +395,20 @@ impl Store {
         &self.limits
     }
 
+    /// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the
+    /// write lock is taken first (waiting up to the busy timeout), because a deferred
+    /// transaction that read before another connection committed cannot become a
+    /// writer and fails at once (SQLITE_BUSY_SNAPSHOT, "database is locked").
+    async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, Error> {
+        Ok(self
+            .db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?)
+    }
+
     fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
@@ -438,7 +452,7 @@ impl Store {
         for user in users {
             check_user_id("admins[]", user)?;
         }
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         admin::Entity::delete_many().exec(&txn).await?;
         let now = now_ms();
         for user in users.iter().collect::<HashSet<_>>() {
@@ -470,7 +484,7 @@ impl Store {
     /// Sends one message from `caller`: idempotent per client id, length-limited,
     /// refused when either side blocked the other (admins write anyway).
     pub async fn send(&self, caller: &Caller, new: NewMessage) -> Result<Sent, Error> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let (model, duplicate) = self.send_in(&txn, caller, new, now_ms()).await?;
         txn.commit().await?;
         Ok(Sent {
@@ -484,7 +498,7 @@ impl Store {
     /// one block query and one multi-row insert per chunk. The first refusal aborts
     /// the whole batch. Messages with attachments go through the one-by-one path.
     pub async fn send_many(&self, batch: Vec<(Caller, NewMessage)>) -> Result<BatchOutcome, Error> {
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let now = now_ms();
         let mut outcome = BatchOutcome::default();
         let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -1262,7 +1276,7 @@ impl Store {
     /// filed, attachments (returning the blob keys to delete), cache and admin row.
     pub async fn erase_user(&self, user: &str) -> Result<Erased, Error> {
         check_user_id("user", user)?;
-        let txn = self.db.begin().await?;
+        let txn = self.begin_write().await?;
         let b = txn.get_database_backend();
         let attachments = attachment::Entity::find()
             .from_raw_sql(stmt(

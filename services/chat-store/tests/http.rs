@@ -759,3 +759,125 @@ both!(
     attachments,
     images_are_decoded_reencoded_and_served_to_participants_only
 );
+
+#[tokio::test]
+async fn widget_and_admin_pages_are_served_with_a_strict_policy() {
+    let app = start(Backend::Sqlite, |c| {
+        c.widget.push_url = "ws://127.0.0.1:18083/ws".into();
+        c.widget.allowed_origins = vec!["https://www.example.com".into()];
+    })
+    .await;
+    for (path, content_type, page) in [
+        ("/widget/demo.html", "text/html", true),
+        ("/admin/", "text/html", true),
+        ("/widget/switchboard-chat.js", "text/javascript", false),
+        ("/widget/switchboard-chat.css", "text/css", false),
+        ("/widget/switchboard-chat.d.ts", "text/plain", false),
+        ("/widget/demo.js", "text/javascript", false),
+        ("/admin/admin.js", "text/javascript", false),
+        ("/admin/admin.css", "text/css", false),
+    ] {
+        // No credentials needed: the pages hold no data.
+        let response = app.http.get(format!("{}{path}", app.base)).send().await.expect("req");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        let csp = header("content-security-policy");
+        if page {
+            assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+            assert!(
+                csp.contains("connect-src 'self' ws://127.0.0.1:18083;"),
+                "{path}: {csp}"
+            );
+            assert!(csp.contains("img-src 'self' blob: data:;"), "{path}: {csp}");
+            assert!(!csp.contains("unsafe"), "{path}: {csp}");
+            let body = response.text().await.expect("body");
+            assert!(!body.contains("<script>"), "{path}: no inline scripts");
+        }
+    }
+    let script = app
+        .http
+        .get(format!("{}/widget/switchboard-chat.js", app.base))
+        .send()
+        .await
+        .expect("req")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        script.contains("root.SwitchboardPush = SwitchboardPush"),
+        "ws-push's client first"
+    );
+    assert!(
+        script.contains("root.SwitchboardChat = SwitchboardChat"),
+        "then the widget"
+    );
+    assert!(!script.contains("innerHTML"), "user text is set as text only");
+
+    // The widget learns ws-push's URL and whether translation is on from /me.
+    let (status, me) = app.call("GET", "alice", "/api/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["user"], "alice");
+    assert_eq!(me["pushUrl"], "ws://127.0.0.1:18083/ws");
+    assert_eq!(me["translate"], false);
+
+    // CORS: the configured origin may call the API from its pages; another may not.
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, format!("{}/api/v1/dialogs", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://www.example.com").await.expect("req");
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://www.example.com")
+    );
+    let other = preflight("https://evil.example.net").await.expect("req");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn page_size_is_accepted_on_every_paged_route() {
+    let app = start(Backend::Sqlite, |_| {}).await;
+    for text in ["one", "two"] {
+        let (status, _) = app
+            .call(
+                "POST",
+                "alice",
+                "/api/v1/messages",
+                Some(json!({ "to": "bob", "text": text })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    for (user, path, list) in [
+        ("alice", "/api/v1/dialogs/bob/messages?pageSize=1", "messages"),
+        ("alice", "/api/v1/dialogs?filter=all&pageSize=1", "dialogs"),
+        ("alice", "/api/v1/search?q=one&pageSize=1", "messages"),
+        ("root", "/api/v1/admin/messages?pageSize=1&user=alice", "messages"),
+        ("root", "/api/v1/admin/complaints?pageSize=1&state=open", "complaints"),
+    ] {
+        let (status, body) = app.call("GET", user, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert!(body[list].as_array().map_or(0, Vec::len) <= 1, "{path}: {body}");
+    }
+    let (status, body) = app.call("GET", "root", "/api/v1/admin/messages?pageSize=1", None).await;
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(body["page"]["hasMore"], true, "{status} {body}");
+    let (status, _) = app.call("GET", "alice", "/api/v1/dialogs?pageSize=x", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

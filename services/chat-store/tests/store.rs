@@ -562,3 +562,37 @@ async fn batches_are_checked_and_idempotent(backend: Backend) {
     assert!(matches!(too_long, Err(Error::ResourceExhausted(_))));
 }
 both!(batches, batches_are_checked_and_idempotent);
+
+async fn concurrent_sends_and_receipts_all_succeed(backend: Backend) {
+    // Sends read (idempotency, blocks) then write; receipts write beside them. On
+    // SQLite a transaction that read before another connection committed cannot
+    // upgrade to a write (SQLITE_BUSY_SNAPSHOT), so writers must take the lock first.
+    let (_db, store) = open(backend).await;
+    send_ok(&store, "bob", "alice", "start").await;
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            if n % 2 == 0 {
+                store
+                    .send(&Caller::user("carol"), text("alice", &format!("m{n}")))
+                    .await
+                    .map(|_| ())
+            } else {
+                store
+                    .mark(&Caller::user("alice"), "carol", None, Receipt::Delivered)
+                    .await
+                    .map(|_| ())
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task").expect("every write succeeds");
+    }
+    let (page, _) = store
+        .history(&Caller::user("alice"), "carol", Page::first(100))
+        .await
+        .expect("history");
+    assert_eq!(page.len(), 20);
+}
+both!(concurrent_writes, concurrent_sends_and_receipts_all_succeed);
