@@ -18,7 +18,15 @@
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
     client = new SwitchboardPush(scheme + location.host + "/ws", { token: $("token").value });
     client.on("state", function (s) { $("state").textContent = s.state; window.demoState = s.state; });
-    client.on("push", function (m) { log("push", m); (window.demoPushes = window.demoPushes || []).push(m); });
+    client.on("push", function (m) {
+      // An answer a rule tagged with the asking connection (F4's admin-ping) belongs
+      // to that tab only; the user's other tabs leave it out.
+      var data = m.push && m.push.data;
+      if (data && typeof data.connection === "string" && data.connection && data.connection !== window.demoConnection) return;
+      log("push", m);
+      (window.demoPushes = window.demoPushes || []).push(m);
+    });
+    client.on("connected", function (m) { window.demoConnection = m.client; });
     client.on("error", function (e) { log("error", e); });
     client.on("recovery-failed", function (e) { log("recovery-failed", e); });
     client.on("subscribed", function (m) { log("subscribed", m); });
