@@ -143,12 +143,11 @@ fn newest_source(workspace: &Path, name: &str) -> Option<(std::time::SystemTime,
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, newest);
-            } else if path.extension().is_some_and(|e| e == "rs" || e == "proto") {
-                if let Ok(time) = entry.metadata().and_then(|m| m.modified())
-                    && newest.as_ref().is_none_or(|(t, _)| time > *t)
-                {
-                    *newest = Some((time, path));
-                }
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "proto")
+                && let Ok(time) = entry.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(t, _)| time > *t)
+            {
+                *newest = Some((time, path));
             }
         }
     }

@@ -165,6 +165,13 @@ impl SimHandle {
         let _ = self.shared.controls.send(control);
     }
 
+    /// Writes `messages` (whole AMI events, each ending in an empty line) to every
+    /// logged-in connection with events on, as if the PBX had sent them: benchmarks
+    /// inject call traffic this way and timestamp it as they hand it over.
+    pub fn inject(&self, messages: Bytes) {
+        let _ = self.shared.events.send(messages);
+    }
+
     /// The live channels' names.
     pub async fn channels(&self) -> Vec<String> {
         self.shared
