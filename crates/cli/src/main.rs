@@ -2,6 +2,7 @@
 //! (`tail`, `pub`, `req`, `streams`, `health`).
 
 mod bus_tools;
+mod demo;
 mod up;
 
 use std::process::ExitCode;
