@@ -367,6 +367,7 @@ pub async fn start(
             "/chat.js",
             get(|State(web): State<Web>| async move { page(&web, "text/javascript; charset=utf-8", CHAT_JS) }),
         )
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/demo/token", post(token))
         .fallback(proxy)
         .with_state(web);
