@@ -4,7 +4,8 @@
 //! one), then the five services with embedded defaults (SQLite, local files), each
 //! in its own working dir under the data dir. Their logs are prefixed and coloured;
 //! a service that exits is restarted with backoff; Ctrl-C or SIGTERM stops them all
-//! (SIGTERM first, so they drain) and then NATS.
+//! (SIGTERM first, so they drain) and then NATS. With `--demo`, also the AMI
+//! simulator, generated configs, simulated calls and the demo page (`crate::demo`).
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ pub struct UpArgs {
     pub ready_timeout_secs: u64,
     /// Demo mode: an AMI simulator placing calls, the example rules, and a demo page
     /// (configs generated under the data dir, on top of `--config-dir`; docs/demo.md).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only")]
     pub demo: bool,
     /// Where the demo page listens (loopback: it hands out demo tokens).
     #[arg(long, default_value = "127.0.0.1:8090", requires = "demo")]
