@@ -2,6 +2,7 @@
 //! (`tail`, `pub`, `req`, `streams`, `health`).
 
 mod bus_tools;
+mod demo;
 mod up;
 
 use std::process::ExitCode;
@@ -21,7 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole stack locally: nats-server (unless --nats-url) and the five services.
+    /// Run the whole stack locally: nats-server (unless --nats-url) and the five services
+    /// (--demo: with simulated calls and a demo page).
     Up(up::UpArgs),
     /// Print live messages on a subject (default: every event) with their CloudEvents attributes.
     Tail(bus_tools::TailArgs),

@@ -4,7 +4,8 @@
 //! one), then the five services with embedded defaults (SQLite, local files), each
 //! in its own working dir under the data dir. Their logs are prefixed and coloured;
 //! a service that exits is restarted with backoff; Ctrl-C or SIGTERM stops them all
-//! (SIGTERM first, so they drain) and then NATS.
+//! (SIGTERM first, so they drain) and then NATS. With `--demo`, also the AMI
+//! simulator, generated configs, simulated calls and the demo page (`crate::demo`).
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -55,6 +56,16 @@ pub struct UpArgs {
     /// How long to wait for every service to be ready.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout_secs: u64,
+    /// Demo mode: an AMI simulator placing calls, the example rules, and a demo page
+    /// (configs generated under the data dir, on top of `--config-dir`; docs/demo.md).
+    #[arg(long, conflicts_with = "only")]
+    pub demo: bool,
+    /// Where the demo page listens (loopback: it hands out demo tokens).
+    #[arg(long, default_value = "127.0.0.1:8090", requires = "demo")]
+    pub demo_listen: SocketAddr,
+    /// Seconds between the demo's simulated calls.
+    #[arg(long, default_value_t = 4, requires = "demo")]
+    pub demo_call_interval_secs: u64,
 }
 
 fn paint(colour: &str, text: &str) -> String {
@@ -65,7 +76,8 @@ fn paint(colour: &str, text: &str) -> String {
     }
 }
 
-fn say(text: &str) {
+/// Prints one line of `up`'s own, prefixed, on stderr.
+pub(crate) fn say(text: &str) {
     eprintln!("{} {text}", paint("1", "switchboard ▸"));
 }
 
@@ -208,6 +220,33 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     bus.provision_streams().await?;
     drop(bus);
 
+    let mut config_dir = args.config_dir.clone();
+    let demo = if args.demo {
+        if !args.demo_listen.ip().is_loopback() {
+            bail!("--demo-listen must be a loopback address: the demo page hands out tokens");
+        }
+        let sim_secret = crate::demo::random_secret();
+        let (sim, sim_addr) = crate::demo::start_ami_sim(&bin_dir, "sb", &sim_secret).await?;
+        say(&format!("demo: ami-sim listening on {sim_addr}"));
+        let setup = crate::demo::prepare(
+            &data_dir,
+            args.config_dir.as_deref(),
+            sim_addr,
+            "sb",
+            &sim_secret,
+            args.demo_listen,
+            &SERVICES,
+        )?;
+        say(&format!(
+            "demo: configs with a fresh JWT secret and site API key in {} (readable by you only)",
+            setup.config_dir.display()
+        ));
+        config_dir = Some(setup.config_dir.clone());
+        Some((sim, setup))
+    } else {
+        None
+    };
+
     let mut supervised = Vec::new();
     for (index, (name, port)) in SERVICES.iter().enumerate() {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
@@ -220,8 +259,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 binary.display()
             );
         }
-        let config = args
-            .config_dir
+        let config = config_dir
             .as_ref()
             .map(|dir| dir.join(format!("{name}.toml")))
             .filter(|p| p.is_file());
@@ -275,10 +313,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             _ = shutdown.cancelled() => break,
         }
     }
+    if let Some((_, setup)) = &demo
+        && !shutdown.is_cancelled()
+    {
+        let interval = Duration::from_secs(args.demo_call_interval_secs.max(1));
+        match crate::demo::start(setup, nats_url.clone(), interval, shutdown.clone()).await {
+            Ok(url) => say(&format!(
+                "demo: open {} (a call every {}s to 101 or 102; Ctrl-C stops everything)",
+                paint("1", &url),
+                interval.as_secs()
+            )),
+            Err(error) => {
+                say(&paint("31", &format!("demo: {error:#}")));
+                all_ready = false;
+                shutdown.cancel();
+            }
+        }
+    }
     shutdown.cancelled().await;
     say("stopping services…");
     for task in tasks {
         let _ = task.await;
+    }
+    if let Some((mut sim, _)) = demo {
+        let _ = sim.kill().await;
+        say("demo: ami-sim stopped");
     }
     if let Some(nats) = local_nats {
         nats.stop().await;
