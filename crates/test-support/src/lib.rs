@@ -3,9 +3,13 @@
 //! [`NatsServer`] starts a real `nats-server` (found on `PATH`) with JetStream on a
 //! free loopback port and a temporary store dir, and stops it on `Drop`, like the
 //! nats.rs test suite does. Tests never touch the system NATS on 4222.
+//! [`Postgres`] does the same for PostgreSQL (its own cluster, crash and restart).
 
 pub mod binary;
 pub mod im;
+pub mod postgres;
+
+pub use postgres::Postgres;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
