@@ -11,7 +11,9 @@ use ws_push::protocol::{ClientMessage, ServerMessage};
 fuzz_target!(|input: &[u8]| {
     // A WebSocket text frame is UTF-8 (tungstenite refuses anything else).
     let Ok(text) = std::str::from_utf8(input) else { return };
-    let Ok(message) = serde_json::from_str::<ClientMessage>(text) else { return };
+    let Ok(message) = serde_json::from_str::<ClientMessage>(text) else {
+        return;
+    };
     let (id, names): (Option<String>, Vec<&str>) = match &message {
         ClientMessage::Connect { .. } => (None, Vec::new()),
         ClientMessage::Subscribe { id, channel, .. } | ClientMessage::Unsubscribe { id, channel } => {
@@ -20,7 +22,11 @@ fuzz_target!(|input: &[u8]| {
         ClientMessage::Publish { id, topic, .. } => (id.clone(), vec![topic.as_str()]),
         ClientMessage::Presence { id, channel, users } => (
             id.clone(),
-            channel.iter().map(String::as_str).chain(users.iter().map(String::as_str)).collect(),
+            channel
+                .iter()
+                .map(String::as_str)
+                .chain(users.iter().map(String::as_str))
+                .collect(),
         ),
         ClientMessage::Refresh { id, .. } => (id.clone(), Vec::new()),
     };
