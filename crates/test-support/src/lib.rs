@@ -3,9 +3,13 @@
 //! [`NatsServer`] starts a real `nats-server` (found on `PATH`) with JetStream on a
 //! free loopback port and a temporary store dir, and stops it on `Drop`, like the
 //! nats.rs test suite does. Tests never touch the system NATS on 4222.
+//! [`Postgres`] does the same for PostgreSQL (its own cluster, crash and restart).
 
 pub mod binary;
 pub mod im;
+pub mod postgres;
+
+pub use postgres::Postgres;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -206,6 +210,32 @@ fn read_client_port(dir: &Path, pid: u32) -> Option<u16> {
     None
 }
 
+/// An unsigned JWT (`alg: none`, empty signature) with these claims, as an attacker
+/// would send it: services must refuse it whatever the claims say.
+pub fn unsigned_jwt(claims: &str) -> String {
+    format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(claims.as_bytes())
+    )
+}
+
+/// Base64url without padding (RFC 4648 section 5), as JWTs use it.
+pub fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +251,22 @@ mod tests {
         assert!(TcpStream::connect(addr).is_ok());
         server.stop();
         assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn base64url_matches_rfc_4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64url(input.as_bytes()), want);
+        }
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(unsigned_jwt("{}"), "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.e30.");
     }
 }

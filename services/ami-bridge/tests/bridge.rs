@@ -546,3 +546,74 @@ async fn typed_helpers_and_retry_on_reconnect() {
     );
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_mid_flood_publishes_every_event_read_then_link_down() {
+    let mut rig = rig(AuthMode::Plain, AmiSettings::default()).await;
+    let _ = rig.next(|s| s == "sb.evt.ami.pbx1.link.up").await;
+    // Far more than will be read before the shutdown.
+    rig.sim.control(Control::Flood {
+        rate: 5_000,
+        count: 10_000_000,
+    });
+    let mut stream = rig.bus.jetstream().get_stream("SB_EVENTS").await.expect("stream");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while stream.info().await.expect("info").state.messages < 2_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flood never reached JetStream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rig.shutdown.cancel();
+    let ended = tokio::time::timeout(GUARD, rig.app).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "ami-bridge stops cleanly: {ended:?}");
+
+    // Everything stored for pbx1, in stream order.
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "sb.evt.ami.pbx1.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut flood = 0u64;
+    let (last_subject, last_event) = loop {
+        let message = tokio::time::timeout(GUARD, messages.next())
+            .await
+            .expect("a stored event arrives")
+            .expect("consumer open")
+            .expect("no consumer error");
+        let sequence = message.info().expect("JetStream message").stream_sequence;
+        let ce = CloudEvent::from_message(message.headers.as_ref(), message.payload.clone()).expect("a CloudEvent");
+        if message.subject.as_str() == "sb.evt.ami.pbx1.raw.Newexten" {
+            let raw: pb::RawEvent = ce.data_as().expect("raw");
+            let seq = raw
+                .fields
+                .as_ref()
+                .and_then(|f| f.fields.get("SimSeq"))
+                .and_then(|v| match &v.kind {
+                    Some(switchboard_proto::wkt::value::Kind::StringValue(s)) => s.parse::<u64>().ok(),
+                    _ => None,
+                });
+            assert_eq!(seq, Some(flood + 1), "no gap, no repeat, in order");
+            flood += 1;
+        }
+        if sequence >= last {
+            break (message.subject.to_string(), ce);
+        }
+    };
+    // The link went down because of the shutdown, after every event read before it:
+    // the session hands its events to the publisher in wire order, and the publisher
+    // settles every ack before the service ends.
+    assert_eq!(last_subject, "sb.evt.ami.pbx1.link.down");
+    let link: pb::LinkEvent = last_event.data_as().expect("link");
+    assert_eq!(link.reason, "shutdown");
+    assert!(
+        (2_000..10_000_000).contains(&flood),
+        "the shutdown was mid-flood ({flood})"
+    );
+    println!("{flood} flood events read and stored before the shutdown's link.down");
+}

@@ -17,7 +17,11 @@ pub enum Error {
     Config(String),
     /// The database failed (details are logged, not shown to callers).
     #[error("database: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(sea_orm::DbErr),
+    /// The database cannot be reached: down, restarting, or the connection was cut
+    /// (callers get 503 / `UNAVAILABLE` and may retry; the details are logged).
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(sea_orm::DbErr),
     /// The request is malformed or out of range.
     #[error("{0}")]
     InvalidArgument(String),
@@ -54,13 +58,17 @@ impl Error {
             Self::PermissionDenied(_) | Self::Blocked(_) => ErrorCode::PermissionDenied,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::DatabaseUnavailable(_) => ErrorCode::Unavailable,
             Self::Runtime(_) | Self::Bus(_) | Self::Config(_) | Self::Database(_) => ErrorCode::Internal,
         }
     }
 
     /// The sentence shown to callers: internal failures are not described.
     pub fn public_message(&self) -> String {
+        if let Self::DatabaseUnavailable(_) = self {
+            tracing::warn!(error = %self, "database unavailable");
+            return "the database is unavailable; nothing was changed, try again shortly".to_owned();
+        }
         match self.code() {
             ErrorCode::Internal => {
                 tracing::error!(error = %self, "internal error");
@@ -80,8 +88,40 @@ impl Error {
             Self::InvalidArgument(_) => "invalid_argument",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::PermissionDenied(_) => "permission_denied",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::DatabaseUnavailable(_) => "unavailable",
             _ => "internal",
         }
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        if unreachable(&e) {
+            Self::DatabaseUnavailable(e)
+        } else {
+            Self::Database(e)
+        }
+    }
+}
+
+/// True when `e` says the database cannot be reached (refused, timed out, the
+/// connection cut, the server shutting down or starting), as opposed to a statement
+/// the database refused.
+fn unreachable(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE class 08 (connection exception) and 57P01..57P05
+            // (admin / crash shutdown, cannot connect now, ...).
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        },
+        _ => false,
     }
 }

@@ -34,7 +34,8 @@ pub struct HttpState {
     pub widget: crate::config::WidgetConfig,
 }
 
-/// Errors as JSON: `{"code": "ERROR_CODE_...", "reason": "blocked", "message": "..."}`.
+/// Errors as JSON: `{"code": "ERROR_CODE_...", "reason": "blocked", "message": "..."}`;
+/// 503 (a peer such as the database is down) carries `Retry-After: 1`.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         use switchboard_proto::common::v1::ErrorCode;
@@ -59,7 +60,15 @@ impl IntoResponse for Error {
             "reason": self.reason(),
             "message": self.public_message(),
         });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A peer (usually the database) is down: worth retrying soon.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

@@ -358,6 +358,11 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+/// How long a request waits for a database connection (and a new connection for
+/// its handshake) before it fails with `Unavailable`: while the database is down,
+/// callers get 503 after this long instead of hanging.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Store {
     /// Opens the database at `url` (`sqlite://FILE?mode=rwc`, `sqlite::memory:`,
     /// `postgres://...`) and applies pending migrations.
@@ -366,6 +371,8 @@ impl Store {
         options
             .max_connections(max_connections)
             .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_timeout(ACQUIRE_TIMEOUT)
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(|o| {
                 // WAL lets readers run beside the one writer; NORMAL sync is durable

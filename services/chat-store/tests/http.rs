@@ -881,3 +881,148 @@ async fn page_size_is_accepted_on_every_paged_route() {
     let (status, _) = app.call("GET", "alice", "/api/v1/dialogs?pageSize=x", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn unsigned_alg_none_tokens_are_refused() {
+    let app = start(Backend::Sqlite, |_| {}).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = json!({ "sub": "root", "admin": true, "exp": exp });
+    let unsigned = switchboard_test_support::unsigned_jwt(&claims.to_string());
+    // The same claims validly signed, relabelled `alg: none`.
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token");
+    let relabelled = format!(
+        "{}.{}",
+        unsigned.trim_end_matches('.'),
+        signed.rsplit('.').next().expect("signature")
+    );
+    for token in [&unsigned, &relabelled] {
+        for path in ["/api/v1/me", "/api/v1/dialogs", "/api/v1/admin/messages"] {
+            let response = app
+                .http
+                .get(format!("{}{path}", app.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+            let body: Value = response.json().await.expect("JSON error");
+            assert_eq!(body["code"], "ERROR_CODE_UNAUTHENTICATED", "{path}: {body}");
+        }
+        let response = app
+            .http
+            .post(format!("{}/api/v1/messages", app.base))
+            .bearer_auth(token)
+            .json(&json!({ "to": "bob", "text": "forged" }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Nothing was sent as root.
+    let (_, history) = app.call("GET", "bob", "/api/v1/dialogs/root/messages", None).await;
+    assert_eq!(history["messages"].as_array().map_or(0, Vec::len), 0, "{history}");
+}
+
+#[tokio::test]
+async fn attachment_names_and_ids_cannot_reach_outside_the_store() {
+    let app = start(Backend::Sqlite, |c| c.attachments.max_bytes = 200_000).await;
+    let data = app._data.path();
+    std::fs::write(data.join("secret.txt"), "TOP-SECRET-FILE").expect("secret");
+    // The upload's name (however the client sends one) never becomes a path.
+    let response = app
+        .http
+        .post(format!("{}/api/v1/attachments", app.base))
+        .bearer_auth(token("alice", false))
+        .header(
+            "content-disposition",
+            "attachment; filename=\"../../../../../tmp/sb-evil.png\"",
+        )
+        .header("x-filename", "../secret.txt")
+        .body(png_with_metadata(40, 20, "x"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let attachment: Value = response.json().await.expect("json");
+    let id = attachment["id"].as_str().expect("id").to_owned();
+    assert!(!std::path::Path::new("/tmp/sb-evil.png").exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("secret.txt")).expect("secret"),
+        "TOP-SECRET-FILE",
+        "not overwritten"
+    );
+    let mut stored: Vec<String> = std::fs::read_dir(data.join("attachments"))
+        .expect("attachments dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, vec![format!("{id}.png"), format!("{id}.thumb.png")]);
+
+    // Ids that try to walk out of the store find nothing, and never a file's bytes.
+    for bad in [
+        "..%2Fsecret.txt",
+        "..%2F..%2Fsecret.txt",
+        "%2E%2E%2Fsecret.txt",
+        "..%5Csecret.txt",
+        "%2Fetc%2Fpasswd",
+        "..",
+        "secret.txt",
+        "chat.db",
+        &format!("{id}%2F..%2F..%2Fsecret.txt"),
+        &format!("{id}%00.png"),
+    ] {
+        for suffix in ["", "/thumbnail"] {
+            let response = app
+                .http
+                .get(format!("{}/api/v1/attachments/{bad}{suffix}", app.base))
+                .bearer_auth(token("alice", false))
+                .send()
+                .await
+                .expect("request");
+            let status = response.status();
+            let body = response.text().await.expect("body");
+            assert!(
+                status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST,
+                "{bad}{suffix}: {status} {body}"
+            );
+            assert!(
+                !body.contains("TOP-SECRET") && !body.contains("SQLite"),
+                "{bad}{suffix}: {body}"
+            );
+        }
+        // Nor can a message carry one.
+        let (status, body) = app
+            .call(
+                "POST",
+                "alice",
+                "/api/v1/messages",
+                Some(json!({ "to": "bob", "attachmentId": percent_decode(bad) })),
+            )
+            .await;
+        assert!(
+            status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST,
+            "{bad}: {status} {body}"
+        );
+    }
+    // The real one is still served to its owner.
+    let (status, _) = app
+        .call("GET", "alice", &format!("/api/v1/attachments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// `%XX` escapes decoded (the ids above as a JSON body carries them).
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use switchboard_bus::{Bus, CloudEvent, event_types};
@@ -491,9 +491,18 @@ impl Engine {
         };
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => break,
-                next = messages.next() => next,
+            let next = if stop.is_cancelled() {
+                // Stopping: messages already delivered to this replica still run
+                // (rather than waiting out the ack wait); nothing more is awaited.
+                match messages.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            } else {
+                tokio::select! {
+                    _ = stop.cancelled() => continue,
+                    next = messages.next() => next,
+                }
             };
             let message = match next {
                 None => break,

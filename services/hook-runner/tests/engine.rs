@@ -710,3 +710,96 @@ async fn a_rule_outside_the_events_stream_is_reported_not_run() {
     assert!(error.contains("sb.cmd.ami.*.action is outside sb.evt.>"), "{error}");
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_finishes_runs_in_flight_and_the_other_replica_takes_the_rest() {
+    const EVENTS: u64 = 60;
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    // The ack wait is the run timeout plus 30 s: 10 minutes here, so an event left
+    // unacknowledged by the stopped replica would not come back within this test.
+    write_rules(
+        dir.path(),
+        "work.yaml",
+        "rules:\n  - name: work\n    on: sb.evt.test.work\n    concurrency: 4\n    timeout: 10m\n    actions:\n      - request: { subject: sb.cmd.test.work, data: { n: '{{ data.n }}' }, timeout: 30s }\n",
+    );
+    let bus = client(&nats).await;
+    // The action's target: records each call, takes 200 ms, answers.
+    let calls = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let mut requests = bus.client().subscribe("sb.cmd.test.work").await.expect("sub");
+    let responder = {
+        let calls = calls.clone();
+        let client = bus.client().clone();
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let calls = calls.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let body: Value = serde_json::from_slice(&request.payload).expect("json");
+                    let n = body["n"]
+                        .as_u64()
+                        .or_else(|| body["n"].as_str().and_then(|s| s.parse().ok()))
+                        .expect("n");
+                    calls.lock().expect("calls").push(n);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(reply) = request.reply {
+                        client.publish(reply, "{}".into()).await.expect("reply");
+                    }
+                });
+            }
+        })
+    };
+    let mut results = bus.client().subscribe("sb.evt.hook.work.succeeded").await.expect("sub");
+    let a = start(&nats, dir.path()).await;
+    let b = start(&nats, dir.path()).await;
+    until_consuming(&bus, &["work"]).await;
+    for n in 0..EVENTS {
+        emit(&bus, "sb.evt.test.work", "t.v1", json!({"n": n})).await;
+    }
+
+    // Stop replica A while it has runs in flight.
+    let a_engine = a.engine.clone();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = a_engine.rule_stats("work");
+        if stats.succeeded >= 3 && stats.matched > stats.succeeded + stats.failed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica A never had runs in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_stop = a_engine.rule_stats("work");
+    a.stop().await;
+    let a_done = a_engine.rule_stats("work");
+    assert_eq!(a_done.failed, 0);
+    assert_eq!(
+        a_done.succeeded, a_done.matched,
+        "every run A had started finished before it stopped"
+    );
+    assert!(a_done.succeeded > at_stop.succeeded, "A's runs in flight finished");
+
+    // Every event ran exactly once: A's before it stopped, B's, and whatever A had
+    // been delivered but not started, handed back to B.
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < EVENTS as usize {
+        let (_, _, result) = next_json(&mut results).await;
+        let result: RunResult = serde_json::from_value(result).expect("RunResult");
+        assert!(seen.insert(result.trigger_event_id), "an event ran twice");
+    }
+    let mut ran = calls.lock().expect("calls").clone();
+    ran.sort_unstable();
+    assert_eq!(ran, (0..EVENTS).collect::<Vec<_>>(), "each action called once");
+    let b_done = b.engine.rule_stats("work");
+    assert_eq!(a_done.succeeded + b_done.succeeded, EVENTS);
+    println!(
+        "A ran {} (in flight at stop: {}), B ran {}",
+        a_done.succeeded,
+        at_stop.matched - at_stop.succeeded - at_stop.failed,
+        b_done.succeeded
+    );
+    b.stop().await;
+    responder.abort();
+}

@@ -321,6 +321,35 @@ async fn user_channel_and_all_pushes_arrive_in_order_with_offsets() {
 }
 
 #[tokio::test]
+async fn unsigned_alg_none_tokens_are_refused() {
+    let nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let claims = json!({"sub": "mallory", "exp": now() + 600, "channels": ["*"], "topics": ["*"], "admin": true});
+    let unsigned = switchboard_test_support::unsigned_jwt(&claims.to_string());
+    // The same claims with an HS256 signature, relabelled `alg: none`.
+    let signed = token_with(claims);
+    let relabelled = format!(
+        "{}.{}",
+        unsigned.trim_end_matches('.'),
+        signed.rsplit('.').next().unwrap()
+    );
+    for token in [unsigned.clone(), relabelled] {
+        let mut ws = open(&app.ws_url()).await;
+        send(&mut ws, json!({"type": "connect", "token": token})).await;
+        assert_eq!(close_code(&mut ws).await, Some(close::BAD_TOKEN));
+    }
+    // In the query string too.
+    let mut ws = open(&format!("{}?token={unsigned}", app.ws_url())).await;
+    send(&mut ws, json!({"type": "connect"})).await;
+    assert_eq!(close_code(&mut ws).await, Some(close::BAD_TOKEN));
+    // And on a live session's refresh: the session ends, as for any bad token.
+    let (mut ws, _) = connect(&app, &token("mallory")).await;
+    send(&mut ws, json!({"type": "refresh", "id": "1", "token": unsigned})).await;
+    assert_eq!(close_code(&mut ws).await, Some(close::BAD_TOKEN));
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn rs256_and_es256_tokens_are_checked_against_the_jwks_file() {
     let nats = NatsServer::start().unwrap();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -725,17 +754,20 @@ async fn browsers_publish_on_granted_topics_within_size_and_rate() {
 
 /// Reads pushes until `want` user pushes and `want` channel pushes arrived or the
 /// socket ends; records (source, data) and the last offsets.
+/// Reads pushes into `seen` until it holds `stop_after`, or the socket ends: then
+/// the close code (`None` for a connection cut without a close frame).
 async fn read_pushes(
     ws: &mut Ws,
     seen: &mut Vec<(String, u64)>,
     offsets: &mut std::collections::HashMap<String, u64>,
     stop_after: usize,
-) {
+) -> Option<u16> {
     while seen.len() < stop_after {
         let message = match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap(),
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return,
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Err(_))) | Ok(None) => return None,
             Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
             Err(_) => panic!("no push within 20 s after {} ({offsets:?})", seen.len()),
         };
@@ -746,6 +778,177 @@ async fn read_pushes(
         offsets.insert(source.clone(), message["offset"].as_u64().unwrap());
         seen.push((source, message["push"]["data"].as_u64().unwrap()));
     }
+    None
+}
+
+/// Publishes `u-<i>` to alice and `c-<i>` to channel news for i in 0..total, with
+/// fixed message ids (a retried publish is stored once), retrying through outages.
+fn publish_user_and_channel(bus: switchboard_bus::Bus, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..total {
+            for (kind, subject) in [
+                ("u", bus.subjects().push_user("alice")),
+                ("c", bus.subjects().push_channel("news")),
+            ] {
+                let event = bus
+                    .event(switchboard_bus::event_types::PUSH, &json!({"type": kind, "data": i}))
+                    .unwrap()
+                    .with_id(format!("{kind}-{i}"));
+                while bus.publish(subject.clone(), &event).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// Every push of `user` and `channel:news` exactly once, in order.
+fn assert_exactly_once_in_order(seen: &[(String, u64)], total: u64) {
+    for source in ["user", "channel:news"] {
+        let got: Vec<u64> = seen.iter().filter(|(s, _)| s == source).map(|(_, d)| *d).collect();
+        let want: Vec<u64> = (0..total).collect();
+        assert_eq!(got, want, "{source}: every push exactly once, in order");
+    }
+}
+
+/// Connects to `url` as alice recovering `offsets` of `epoch`, subscribes to news
+/// from its offset, and checks the recovery was granted.
+async fn reconnect_recovering(url: &str, epoch: &str, offsets: &std::collections::HashMap<String, u64>) -> Ws {
+    let mut ws = open(url).await;
+    send(
+        &mut ws,
+        json!({"type": "connect", "token": token("alice"), "recover": {"epoch": epoch, "offsets": {"user": offsets["user"], "all": offsets["all"]}}}),
+    )
+    .await;
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["epoch"], epoch, "{connected}");
+    assert_eq!(connected["recovered"], true, "{connected}");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "channel": "news", "offset": offsets["channel:news"], "epoch": epoch}),
+    )
+    .await;
+    ws
+}
+
+/// Connects as alice and subscribes to news: the socket, the epoch, the offsets.
+async fn connect_alice(url: &str) -> (Ws, String, std::collections::HashMap<String, u64>) {
+    let mut ws = open(url).await;
+    send(&mut ws, json!({"type": "connect", "token": token("alice")})).await;
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    let epoch = connected["epoch"].as_str().unwrap().to_owned();
+    let mut offsets = std::collections::HashMap::new();
+    offsets.insert("user".to_owned(), connected["offset"].as_u64().unwrap());
+    offsets.insert("all".to_owned(), connected["offset"].as_u64().unwrap());
+    send(&mut ws, json!({"type": "subscribe", "channel": "news"})).await;
+    let subscribed = next_json(&mut ws).await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    offsets.insert("channel:news".to_owned(), subscribed["offset"].as_u64().unwrap());
+    (ws, epoch, offsets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_node_recovers_every_push_exactly_once_on_another_node() {
+    const TOTAL: u64 = 300;
+    let nats = NatsServer::start().unwrap();
+    // Node A is the real binary, so it can die the hard way (SIGKILL); node B runs
+    // in-process on the same NATS.
+    let port = switchboard_test_support::free_port();
+    let mut a = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ws-push"))
+            .env("SB_NATS__URL", nats.url())
+            .env("SB_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("SB_GRPC__LISTEN", "127.0.0.1:0")
+            .env("SB_AUTH__JWT_SECRET", SECRET)
+            // The presence settings of `config()`: every node must agree on them.
+            .env("SB_PRESENCE__TTL", "3s")
+            .env("SB_PRESENCE__HEARTBEAT", "1s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let b = Running::start(config(&nats.url())).await;
+    let url_a = format!("ws://127.0.0.1:{port}/ws");
+    eventually("node A to accept connections", || async {
+        tokio_tungstenite::connect_async(url_a.as_str()).await.ok().map(|_| ())
+    })
+    .await;
+    let (mut ws, epoch, mut offsets) = connect_alice(&url_a).await;
+    let publisher = publish_user_and_channel(bus(&nats.url()).await, TOTAL);
+
+    let mut seen = Vec::new();
+    read_pushes(&mut ws, &mut seen, &mut offsets, 100).await;
+    a.0.kill().unwrap();
+    let _ = a.0.wait();
+    // The socket is cut without a close frame; whatever was already on the wire is
+    // read first.
+    assert_eq!(read_pushes(&mut ws, &mut seen, &mut offsets, usize::MAX).await, None);
+    let at_kill = seen.len();
+
+    let mut ws = reconnect_recovering(&b.ws_url(), &epoch, &offsets).await;
+    read_pushes(&mut ws, &mut seen, &mut offsets, (2 * TOTAL) as usize).await;
+    publisher.await.unwrap();
+    assert!(
+        (100..(2 * TOTAL) as usize).contains(&at_kill),
+        "the kill was mid-stream ({at_kill})"
+    );
+    assert_exactly_once_in_order(&seen, TOTAL);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_under_load_closes_with_1001_and_clients_recover_on_another_node() {
+    const TOTAL: u64 = 200;
+    const CLIENTS: usize = 20;
+    let nats = NatsServer::start().unwrap();
+    let a = Running::start(config(&nats.url())).await;
+    let b = Running::start(config(&nats.url())).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(connect_alice(&a.ws_url()).await);
+    }
+    let publisher = publish_user_and_channel(bus(&nats.url()).await, TOTAL);
+    // Every client reads until it has 50 pushes; then node A shuts down while the
+    // publisher goes on, and each reads what is left until its close frame.
+    let mut readers = Vec::new();
+    let (half_tx, half_rx) = tokio::sync::mpsc::channel::<()>(CLIENTS);
+    for (mut ws, epoch, mut offsets) in clients {
+        let half_tx = half_tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            read_pushes(&mut ws, &mut seen, &mut offsets, 50).await;
+            half_tx.send(()).await.unwrap();
+            let code = read_pushes(&mut ws, &mut seen, &mut offsets, usize::MAX).await;
+            (ws, epoch, offsets, seen, code)
+        }));
+    }
+    drop(half_tx);
+    let mut half_rx = half_rx;
+    for _ in 0..CLIENTS {
+        half_rx.recv().await.expect("every client read 50 pushes");
+    }
+    a.shutdown().await;
+
+    let b_url = b.ws_url();
+    let mut recovering = Vec::new();
+    for reader in readers {
+        let (_, epoch, mut offsets, mut seen, code) = reader.await.unwrap();
+        assert_eq!(code, Some(close::SHUTDOWN), "closed with 1001 (reconnect and recover)");
+        let b_url = b_url.clone();
+        recovering.push(tokio::spawn(async move {
+            let mut ws = reconnect_recovering(&b_url, &epoch, &offsets).await;
+            read_pushes(&mut ws, &mut seen, &mut offsets, (2 * TOTAL) as usize).await;
+            seen
+        }));
+    }
+    for client in recovering {
+        assert_exactly_once_in_order(&client.await.unwrap(), TOTAL);
+    }
+    publisher.await.unwrap();
+    b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
