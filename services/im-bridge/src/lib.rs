@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod irc;
 pub mod script;
 pub mod session;
+pub mod tls;
 pub mod xmpp;
 
 use std::net::SocketAddr;
