@@ -175,6 +175,8 @@ impl App {
             scripts.push(script::spawn_socket(path.clone(), accounts.clone(), shutdown.clone())?);
         }
         let tasks = accounts.spawn(lease_bucket, shutdown.clone());
+        let readiness = accounts.clone();
+        base.health.add("accounts", move || readiness.readiness());
         base.log_ready(SERVICE);
         let Base {
             listeners,
