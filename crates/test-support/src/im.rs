@@ -136,6 +136,153 @@ impl Drop for Ngircd {
     }
 }
 
+/// InspIRCd 3 with Atheme services linked to it (NickServ and SaslServ, for SASL
+/// PLAIN and NickServ IDENTIFY), on free loopback ports. Accounts are registered
+/// through NickServ with [`IrcServices::register`].
+pub struct IrcServices {
+    dir: tempfile::TempDir,
+    ircd: Option<Child>,
+    services: Option<Child>,
+    /// The client port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl IrcServices {
+    /// Starts inspircd, then atheme, and waits until atheme has linked and synced.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sb-inspircd-")
+            .tempdir()
+            .expect("temp dir");
+        let (port, link) = (free_port(), free_port());
+        let d = dir.path().display();
+        let ircd_config = format!(
+            r#"<server name="irc.test.local" description="switchboard test" network="TestNet">
+<admin name="test" nick="test" email="admin@test.local">
+<bind address="127.0.0.1" port="{port}" type="clients">
+<bind address="127.0.0.1" port="{link}" type="servers">
+<connect name="main" allow="*" timeout="60" pingfreq="120" hardsendq="1M" softsendq="1M" recvq="8K" threshold="1000" commandrate="100000" fakelag="no" localmax="1000" globalmax="1000" useident="no" resolvehostnames="no" limit="5000">
+<power diepass="test" restartpass="test">
+<module name="spanningtree">
+<module name="services_account">
+<module name="sasl">
+<module name="cap">
+<module name="alias">
+<alias text="NICKSERV" replace="PRIVMSG $requirement :$2-" requires="NickServ" uline="yes">
+<link name="services.test.local" ipaddr="127.0.0.1" port="{link}" allowmask="127.0.0.0/8" sendpass="linkpw" recvpass="linkpw" timeout="60">
+<uline server="services.test.local" silent="yes">
+<sasl target="services.test.local">
+<pid file="{d}/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{d}/inspircd.log">
+<files motd="{d}/motd.txt">
+<dns timeout="1">
+"#
+        );
+        std::fs::write(dir.path().join("inspircd.conf"), ircd_config).expect("write inspircd.conf");
+        std::fs::write(dir.path().join("motd.txt"), "test\n").expect("write motd");
+        let services_config = format!(
+            r##"loadmodule "modules/protocol/inspircd";
+loadmodule "modules/backend/opensex";
+loadmodule "modules/crypto/pbkdf2v2";
+loadmodule "modules/nickserv/main";
+loadmodule "modules/nickserv/identify";
+loadmodule "modules/nickserv/register";
+loadmodule "modules/saslserv/main";
+loadmodule "modules/saslserv/plain";
+serverinfo {{
+    name = "services.test.local"; desc = "switchboard test services"; numeric = "00A";
+    recontime = 1; netname = "TestNet"; hidehostsuffix = "users.test";
+    adminname = "test"; adminemail = "admin@test.local"; registeremail = "noreply@test.local";
+    auth = none; casemapping = rfc1459; maxlogins = 5; maxusers = 5; mdlimit = 30;
+    emaillimit = 100; emailtime = 300;
+}};
+uplink "irc.test.local" {{ host = "127.0.0.1"; password = "linkpw"; port = {link}; }};
+nickserv {{ nick = "NickServ"; user = "NickServ"; host = "services.test.local"; real = "Nickname Services"; maxnicks = 5; expire = 30; }};
+saslserv {{ nick = "SaslServ"; user = "SaslServ"; host = "services.test.local"; real = "SASL"; }};
+general {{
+    helpchan = "#help"; flood_msgs = 100; flood_time = 10; ratelimit_uses = 100; ratelimit_period = 1;
+    kline_time = 7; commit_interval = 5; default_clone_allowed = 5; default_clone_warn = 4;
+    uplink_sendq_limit = 1048576; language = "en";
+}};
+logfile "{d}/atheme-events.log" {{ error; info; admin; network; register; }};
+"##
+        );
+        std::fs::write(dir.path().join("atheme.conf"), services_config).expect("write atheme.conf");
+        let mut server = Self {
+            dir,
+            ircd: None,
+            services: None,
+            port,
+        };
+        let dir = server.dir.path().to_path_buf();
+        let ircd = find_program("inspircd").expect("inspircd not installed: apt-get install inspircd");
+        let ircd_config = dir.join("inspircd.conf").to_string_lossy().into_owned();
+        server.ircd = Some(
+            spawn_logged(
+                &ircd,
+                &[&format!("--config={ircd_config}"), "--nofork", "--runasroot"],
+                &dir,
+                "inspircd.out",
+            )
+            .expect("start inspircd"),
+        );
+        assert!(
+            wait_for_port(SocketAddr::from(([127, 0, 0, 1], link)), WAIT),
+            "inspircd did not start: {}",
+            std::fs::read_to_string(dir.join("inspircd.out")).unwrap_or_default()
+        );
+        let atheme = find_program("atheme-services").expect("atheme not installed: apt-get install atheme-services");
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let (config, log, pid, data) = (path("atheme.conf"), path("atheme.log"), path("atheme.pid"), path(""));
+        server.services = Some(
+            spawn_logged(
+                &atheme,
+                &["-n", "-c", &config, "-D", &data, "-l", &log, "-p", &pid],
+                &dir,
+                "atheme.out",
+            )
+            .expect("start atheme"),
+        );
+        let deadline = std::time::Instant::now() + WAIT;
+        while !std::fs::read_to_string(dir.join("atheme.log"))
+            .unwrap_or_default()
+            .contains("finished synching with uplink")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "atheme did not link: {}{}",
+                std::fs::read_to_string(dir.join("atheme.out")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("atheme.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Registers the NickServ account `nick` with `password` (connecting as `nick`).
+    pub async fn register(&self, nick: &str, password: &str) {
+        let mut peer = IrcPeer::connect(self.port, nick).await;
+        peer.line(&format!("NICKSERV REGISTER {password} {nick}@test.local"))
+            .await;
+        peer.wait_for(|l| l.contains("NOTICE") && l.contains(" is now registered to "))
+            .await;
+        peer.line("QUIT").await;
+        peer.wait_for(|l| l.starts_with("ERROR")).await;
+    }
+
+    /// What atheme logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("atheme.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for IrcServices {
+    fn drop(&mut self) {
+        kill(&mut self.services);
+        kill(&mut self.ircd);
+    }
+}
+
 /// prosody on a free port with one virtual host (`localhost` unless chosen) and its
 /// MUC component `conference.<host>`, plaintext auth allowed (tests only).
 pub struct Prosody {
