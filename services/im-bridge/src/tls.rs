@@ -200,10 +200,68 @@ impl ServerConnector for XmppConnector {
         ns: &'static str,
         timeouts: Timeouts,
     ) -> Result<(PendingFeaturesRecv<Self::Stream>, ChannelBinding), tokio_xmpp::Error> {
+        if self.failures.is_closed() {
+            // The session this stream belonged to is gone, but tokio-xmpp's
+            // connect loop only ends on success: park it rather than dial the
+            // server every 30 s for as long as the server is unreachable.
+            std::future::pending::<()>().await;
+        }
         let result = self.attempt(jid, ns, timeouts).await;
         if let Err(e) = &result {
             let _ = self.failures.send(e.to_string());
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(port: u16) -> (XmppConnector, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tls = client_config(None).expect("system roots");
+        (
+            XmppConnector::new(DnsConfig::no_srv("127.0.0.1", port), Mode::Direct, tls, tx),
+            rx,
+        )
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            read_timeout: std::time::Duration::from_secs(5),
+            response_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_reported() {
+        switchboard_runtime::install_crypto_provider();
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let (connector, mut failures) = connector(port);
+        let jid: Jid = "bot@localhost".parse().expect("jid");
+        assert!(connector.connect(&jid, "jabber:client", timeouts()).await.is_err());
+        assert!(failures.try_recv().is_ok(), "the failure reaches the session");
+    }
+
+    #[tokio::test]
+    async fn no_connection_once_the_session_is_gone() {
+        switchboard_runtime::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (connector, failures) = connector(port);
+        drop(failures);
+        let jid: Jid = "bot@localhost".parse().expect("jid");
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            connector.connect(&jid, "jabber:client", timeouts()),
+        );
+        assert!(attempt.await.is_err(), "the attempt is parked, not made");
+        let accepted = tokio::time::timeout(std::time::Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "nothing dialed the server");
     }
 }
