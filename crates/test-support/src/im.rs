@@ -42,11 +42,23 @@ pub struct Ngircd {
     child: Option<Child>,
     /// The client port on 127.0.0.1.
     pub port: u16,
+    /// The TLS client port on 127.0.0.1, when started with [`Ngircd::start_tls`].
+    pub tls_port: Option<u16>,
+    tls: Option<ServerCert>,
 }
 
 impl Ngircd {
     /// Starts ngircd on a free port with a generated config (flood limits as low as ngircd allows).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like [`Ngircd::start`], plus a TLS port ([`Ngircd::tls_port`]) serving `cert`.
+    pub fn start_tls(cert: &ServerCert) -> Self {
+        Self::start_with(Some(cert.clone()))
+    }
+
+    fn start_with(tls: Option<ServerCert>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sb-ngircd-")
             .tempdir()
@@ -55,19 +67,28 @@ impl Ngircd {
             dir,
             child: None,
             port: free_port(),
+            tls_port: tls.as_ref().map(|_| free_port()),
+            tls,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        let config = format!(
+        let mut config = format!(
             "[Global]\nName = irc.test.local\nInfo = switchboard test\nListen = 127.0.0.1\nPorts = {port}\n\
              MotdPhrase = test\n\
              [Limits]\nMaxConnectionsIP = 0\nMaxNickLength = 30\nPingTimeout = 120\nPongTimeout = 60\n\
              [Options]\nDNS = no\nIdent = no\nPAM = no\n",
             port = self.port
         );
+        if let (Some(cert), Some(port)) = (&self.tls, self.tls_port) {
+            config.push_str(&format!(
+                "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {port}\n",
+                cert.cert.display(),
+                cert.key.display()
+            ));
+        }
         let path = self.dir.path().join("ngircd.conf");
         std::fs::write(&path, config).expect("write ngircd.conf");
         let binary = find_program("ngircd").expect("ngircd not installed: apt-get install ngircd");
@@ -76,7 +97,11 @@ impl Ngircd {
             let child =
                 spawn_logged(&binary, &["-f", &path, "-n"], self.dir.path(), "ngircd.log").expect("start ngircd");
             self.child = Some(child);
-            if wait_for_port(self.addr(), Duration::from_secs(5)) {
+            let tls_up = || {
+                self.tls_port
+                    .is_none_or(|p| wait_for_port(SocketAddr::from(([127, 0, 0, 1], p)), Duration::from_secs(5)))
+            };
+            if wait_for_port(self.addr(), Duration::from_secs(5)) && tls_up() {
                 return;
             }
             kill(&mut self.child);
@@ -111,6 +136,153 @@ impl Drop for Ngircd {
     }
 }
 
+/// InspIRCd 3 with Atheme services linked to it (NickServ and SaslServ, for SASL
+/// PLAIN and NickServ IDENTIFY), on free loopback ports. Accounts are registered
+/// through NickServ with [`IrcServices::register`].
+pub struct IrcServices {
+    dir: tempfile::TempDir,
+    ircd: Option<Child>,
+    services: Option<Child>,
+    /// The client port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl IrcServices {
+    /// Starts inspircd, then atheme, and waits until atheme has linked and synced.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("sb-inspircd-")
+            .tempdir()
+            .expect("temp dir");
+        let (port, link) = (free_port(), free_port());
+        let d = dir.path().display();
+        let ircd_config = format!(
+            r#"<server name="irc.test.local" description="switchboard test" network="TestNet">
+<admin name="test" nick="test" email="admin@test.local">
+<bind address="127.0.0.1" port="{port}" type="clients">
+<bind address="127.0.0.1" port="{link}" type="servers">
+<connect name="main" allow="*" timeout="60" pingfreq="120" hardsendq="1M" softsendq="1M" recvq="8K" threshold="1000" commandrate="100000" fakelag="no" localmax="1000" globalmax="1000" useident="no" resolvehostnames="no" limit="5000">
+<power diepass="test" restartpass="test">
+<module name="spanningtree">
+<module name="services_account">
+<module name="sasl">
+<module name="cap">
+<module name="alias">
+<alias text="NICKSERV" replace="PRIVMSG $requirement :$2-" requires="NickServ" uline="yes">
+<link name="services.test.local" ipaddr="127.0.0.1" port="{link}" allowmask="127.0.0.0/8" sendpass="linkpw" recvpass="linkpw" timeout="60">
+<uline server="services.test.local" silent="yes">
+<sasl target="services.test.local">
+<pid file="{d}/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{d}/inspircd.log">
+<files motd="{d}/motd.txt">
+<dns timeout="1">
+"#
+        );
+        std::fs::write(dir.path().join("inspircd.conf"), ircd_config).expect("write inspircd.conf");
+        std::fs::write(dir.path().join("motd.txt"), "test\n").expect("write motd");
+        let services_config = format!(
+            r##"loadmodule "modules/protocol/inspircd";
+loadmodule "modules/backend/opensex";
+loadmodule "modules/crypto/pbkdf2v2";
+loadmodule "modules/nickserv/main";
+loadmodule "modules/nickserv/identify";
+loadmodule "modules/nickserv/register";
+loadmodule "modules/saslserv/main";
+loadmodule "modules/saslserv/plain";
+serverinfo {{
+    name = "services.test.local"; desc = "switchboard test services"; numeric = "00A";
+    recontime = 1; netname = "TestNet"; hidehostsuffix = "users.test";
+    adminname = "test"; adminemail = "admin@test.local"; registeremail = "noreply@test.local";
+    auth = none; casemapping = rfc1459; maxlogins = 5; maxusers = 5; mdlimit = 30;
+    emaillimit = 100; emailtime = 300;
+}};
+uplink "irc.test.local" {{ host = "127.0.0.1"; password = "linkpw"; port = {link}; }};
+nickserv {{ nick = "NickServ"; user = "NickServ"; host = "services.test.local"; real = "Nickname Services"; maxnicks = 5; expire = 30; }};
+saslserv {{ nick = "SaslServ"; user = "SaslServ"; host = "services.test.local"; real = "SASL"; }};
+general {{
+    helpchan = "#help"; flood_msgs = 100; flood_time = 10; ratelimit_uses = 100; ratelimit_period = 1;
+    kline_time = 7; commit_interval = 5; default_clone_allowed = 5; default_clone_warn = 4;
+    uplink_sendq_limit = 1048576; language = "en";
+}};
+logfile "{d}/atheme-events.log" {{ error; info; admin; network; register; }};
+"##
+        );
+        std::fs::write(dir.path().join("atheme.conf"), services_config).expect("write atheme.conf");
+        let mut server = Self {
+            dir,
+            ircd: None,
+            services: None,
+            port,
+        };
+        let dir = server.dir.path().to_path_buf();
+        let ircd = find_program("inspircd").expect("inspircd not installed: apt-get install inspircd");
+        let ircd_config = dir.join("inspircd.conf").to_string_lossy().into_owned();
+        server.ircd = Some(
+            spawn_logged(
+                &ircd,
+                &[&format!("--config={ircd_config}"), "--nofork", "--runasroot"],
+                &dir,
+                "inspircd.out",
+            )
+            .expect("start inspircd"),
+        );
+        assert!(
+            wait_for_port(SocketAddr::from(([127, 0, 0, 1], link)), WAIT),
+            "inspircd did not start: {}",
+            std::fs::read_to_string(dir.join("inspircd.out")).unwrap_or_default()
+        );
+        let atheme = find_program("atheme-services").expect("atheme not installed: apt-get install atheme-services");
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let (config, log, pid, data) = (path("atheme.conf"), path("atheme.log"), path("atheme.pid"), path(""));
+        server.services = Some(
+            spawn_logged(
+                &atheme,
+                &["-n", "-c", &config, "-D", &data, "-l", &log, "-p", &pid],
+                &dir,
+                "atheme.out",
+            )
+            .expect("start atheme"),
+        );
+        let deadline = std::time::Instant::now() + WAIT;
+        while !std::fs::read_to_string(dir.join("atheme.log"))
+            .unwrap_or_default()
+            .contains("finished synching with uplink")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "atheme did not link: {}{}",
+                std::fs::read_to_string(dir.join("atheme.out")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("atheme.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Registers the NickServ account `nick` with `password` (connecting as `nick`).
+    pub async fn register(&self, nick: &str, password: &str) {
+        let mut peer = IrcPeer::connect(self.port, nick).await;
+        peer.line(&format!("NICKSERV REGISTER {password} {nick}@test.local"))
+            .await;
+        peer.wait_for(|l| l.contains("NOTICE") && l.contains(" is now registered to "))
+            .await;
+        peer.line("QUIT").await;
+        peer.wait_for(|l| l.starts_with("ERROR")).await;
+    }
+
+    /// What atheme logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("atheme.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for IrcServices {
+    fn drop(&mut self) {
+        kill(&mut self.services);
+        kill(&mut self.ircd);
+    }
+}
+
 /// prosody on a free port with one virtual host (`localhost` unless chosen) and its
 /// MUC component `conference.<host>`, plaintext auth allowed (tests only).
 pub struct Prosody {
@@ -120,6 +292,8 @@ pub struct Prosody {
     pub port: u16,
     /// The virtual host: users are `<name>@<domain>`, rooms `<room>@conference.<domain>`.
     pub domain: String,
+    /// The direct TLS (XEP-0368) port on 127.0.0.1, when started with [`Prosody::start_tls`].
+    pub direct_tls_port: Option<u16>,
     config: PathBuf,
 }
 
@@ -135,29 +309,55 @@ impl Prosody {
     /// registers `users` (name, password) there. Clients connect to 127.0.0.1:`port`
     /// whatever the domain.
     pub fn start_on(domain: &str, users: &[(&str, &str)]) -> Self {
+        Self::start_with(domain, users, None)
+    }
+
+    /// Starts prosody for `domain` with TLS from `cert`: STARTTLS required on
+    /// [`Prosody::port`] (`c2s_require_encryption`) and direct TLS on
+    /// [`Prosody::direct_tls_port`].
+    pub fn start_tls(domain: &str, users: &[(&str, &str)], cert: &ServerCert) -> Self {
+        Self::start_with(domain, users, Some(cert))
+    }
+
+    fn start_with(domain: &str, users: &[(&str, &str)], tls: Option<&ServerCert>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sb-prosody-")
             .tempdir()
             .expect("temp dir");
         let port = free_port();
+        let direct_tls_port = tls.map(|_| free_port());
         let d = dir.path().display();
+        let (direct_ports, require_encryption, tls_module, ssl) = match (tls, direct_tls_port) {
+            (Some(cert), Some(direct)) => (
+                direct.to_string(),
+                true,
+                "; \"tls\"",
+                format!(
+                    "ssl = {{ certificate = \"{}\"; key = \"{}\" }}",
+                    cert.cert.display(),
+                    cert.key.display()
+                ),
+            ),
+            _ => (String::new(), false, "", String::new()),
+        };
         let config = format!(
             r#"daemonize = false
 pidfile = "{d}/prosody.pid"
 data_path = "{d}/data"
 interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
-c2s_direct_tls_ports = {{ }}
+c2s_direct_tls_ports = {{ {direct_ports} }}
 s2s_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
-c2s_require_encryption = false
+c2s_require_encryption = {require_encryption}
+{ssl}
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
 run_as_root = true
 log = {{ info = "{d}/prosody.log" }}
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; "c2s" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; "c2s"{tls_module} }}
 modules_disabled = {{ "s2s"; "offline"; "smacks"; "posix" }}
 limits = {{ c2s = {{ rate = "100mb/s" }} }}
 VirtualHost "{domain}"
@@ -174,6 +374,7 @@ Component "conference.{domain}" "muc"
             child: None,
             port,
             domain: domain.to_owned(),
+            direct_tls_port,
             config: config_path,
         };
         for (user, password) in users {
@@ -437,5 +638,130 @@ impl XmppPeer {
         };
         let body = m.bodies.values().next().cloned().unwrap_or_default();
         (m.type_, m.from.map(|f| f.to_string()).unwrap_or_default(), body)
+    }
+}
+
+/// A private certificate authority made with `openssl` in a temp dir; issues
+/// server certificates for TLS tests.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+/// A server certificate and its key (PEM files).
+#[derive(Debug, Clone)]
+pub struct ServerCert {
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its private key (unencrypted).
+    pub key: PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let output = Command::new(find_program("openssl").expect("openssl not installed: apt-get install openssl"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl TestCa {
+    /// A new CA named `name` (its subject CN), valid for two days.
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("sb-ca-").tempdir().expect("temp dir");
+        let config = format!(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {name}\n\
+             [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier = hash\n"
+        );
+        std::fs::write(dir.path().join("ca.cnf"), config).expect("write ca.cnf");
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-config",
+                "ca.cnf",
+                "-extensions",
+                "ca",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+            ],
+            dir.path(),
+        );
+        Self { dir }
+    }
+
+    /// The CA certificate (PEM): what a client configures as `ca_file`.
+    pub fn cert_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues a server certificate for `names` (DNS names, or IP addresses),
+    /// valid for two days, into this CA's directory under `file` (`<file>.pem`,
+    /// `<file>.key`).
+    pub fn issue(&self, file: &str, names: &[&str]) -> ServerCert {
+        let san: Vec<String> = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(_) => format!("IP:{n}"),
+                Err(_) => format!("DNS:{n}"),
+            })
+            .collect();
+        let config = format!(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {cn}\n\
+             [leaf]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage = serverAuth\nsubjectAltName = {san}\nsubjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid\n",
+            cn = names.first().copied().unwrap_or("localhost"),
+            san = san.join(",")
+        );
+        let dir = self.dir.path();
+        let cnf = format!("{file}.cnf");
+        let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
+        std::fs::write(dir.join(&cnf), config).expect("write leaf config");
+        openssl(
+            &[
+                "req", "-new", "-config", &cnf, "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr,
+            ],
+            dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &cnf,
+                "-extensions",
+                "leaf",
+            ],
+            dir,
+        );
+        ServerCert {
+            cert: dir.join(pem),
+            key: dir.join(key),
+        }
     }
 }

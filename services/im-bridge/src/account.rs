@@ -284,6 +284,32 @@ impl Accounts {
         self.inner.map.values().map(|h| h.describe()).collect()
     }
 
+    /// The `/readyz` check: ready when every account this replica is active
+    /// for is UP. Accounts on standby (another replica holds the lease) do not
+    /// count. Not ready names each account that is not up, with its last error.
+    pub fn readiness(&self) -> Result<(), String> {
+        let not_up: Vec<String> = self
+            .inner
+            .map
+            .values()
+            .map(|h| (h.id(), h.status()))
+            .filter(|(_, s)| !matches!(s.state, LinkState::Up | LinkState::Standby))
+            .map(|(id, s)| {
+                let state = s.state.as_str_name().trim_start_matches("LINK_STATE_").to_lowercase();
+                if s.last_error.is_empty() {
+                    format!("{id}: {state}")
+                } else {
+                    format!("{id}: {state} ({})", s.last_error)
+                }
+            })
+            .collect();
+        if not_up.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("accounts not up: {}", not_up.join("; ")))
+        }
+    }
+
     /// One account.
     pub fn get(&self, id: &str) -> Option<&Arc<AccountHandle>> {
         self.inner.map.get(id)

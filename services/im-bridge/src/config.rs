@@ -66,6 +66,10 @@ pub struct XmppConfig {
     /// Must be true for `tls = "plaintext"`.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// PEM file of CA certificates trusted for this account's server in addition
+    /// to the system roots (a private CA). Not allowed with `tls = "plaintext"`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The resource to bind (default `switchboard`).
     #[serde(default = "default_resource")]
     pub resource: String,
@@ -103,6 +107,10 @@ pub struct IrcConfig {
     /// TLS (default true).
     #[serde(default = "yes")]
     pub tls: bool,
+    /// PEM file of CA certificates trusted for this server in addition to the
+    /// system roots (a private CA). Needs `tls = true`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The nickname.
     pub nick: String,
     /// Nicknames to try, in order, when `nick` is taken.
@@ -269,6 +277,9 @@ pub fn validate_accounts(accounts: &[AccountConfig]) -> Result<(), String> {
                 if x.port == Some(0) {
                     return Err(format!("{key}.port must be 1-65535"));
                 }
+                if x.ca_file.is_some() && x.tls == XmppTls::Plaintext {
+                    return Err(format!("{key}.ca_file needs tls = \"starttls\" or \"direct\""));
+                }
                 for (r, room) in x.rooms.iter().enumerate() {
                     let room_jid: Result<tokio_xmpp::jid::BareJid, _> = room.jid.parse();
                     if room_jid.is_err() {
@@ -285,6 +296,9 @@ pub fn validate_accounts(accounts: &[AccountConfig]) -> Result<(), String> {
                 }
                 if c.port == Some(0) {
                     return Err(format!("{key}.port must be 1-65535"));
+                }
+                if c.ca_file.is_some() && !c.tls {
+                    return Err(format!("{key}.ca_file needs tls = true"));
                 }
                 for nick in std::iter::once(&c.nick).chain(&c.alt_nicks) {
                     if !crate::irc::valid_nick(nick) {

@@ -16,6 +16,22 @@ use crate::Error;
 use crate::config::IrcConfig;
 use crate::session::{Inbound, new_message_id, now};
 
+/// An error with its chain of sources (`an io error occurred: invalid peer
+/// certificate: UnknownIssuer`): the irc crate's own messages hide the cause.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The IRC line limit, CR LF included (RFC 1459 2.3).
 pub const LINE_LIMIT: usize = 512;
 
@@ -155,6 +171,7 @@ impl IrcSession {
             server: Some(config.server.clone()),
             port: Some(config.port.unwrap_or(if config.tls { 6697 } else { 6667 })),
             use_tls: Some(config.tls),
+            cert_path: config.ca_file.as_ref().map(|p| p.to_string_lossy().into_owned()),
             password: config.server_password.as_ref().map(|p| p.expose().to_owned()),
             nick_password: config.nickserv_password.as_ref().map(|p| p.expose().to_owned()),
             channels: config.channels.clone(),
@@ -167,7 +184,7 @@ impl IrcSession {
         };
         let mut client = irc::client::Client::from_config(client_config)
             .await
-            .map_err(|e| Error::Session(format!("cannot connect to {}: {e}", config.server)))?;
+            .map_err(|e| Error::Session(format!("cannot connect to {}: {}", config.server, with_sources(&e))))?;
         let stream = client
             .stream()
             .map_err(|e| Error::Session(format!("IRC stream: {e}")))?;

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod irc;
 pub mod script;
 pub mod session;
+pub mod tls;
 pub mod xmpp;
 
 use std::net::SocketAddr;
@@ -174,6 +175,8 @@ impl App {
             scripts.push(script::spawn_socket(path.clone(), accounts.clone(), shutdown.clone())?);
         }
         let tasks = accounts.spawn(lease_bucket, shutdown.clone());
+        let readiness = accounts.clone();
+        base.health.add("accounts", move || readiness.readiness());
         base.log_ready(SERVICE);
         let Base {
             listeners,

@@ -1,18 +1,22 @@
-//! XMPP: one session per account over tokio-xmpp's `StanzaStream` (STARTTLS,
-//! direct TLS, or plaintext when explicitly allowed), joining MUC rooms, turning
-//! chat and groupchat messages and presence into events, and sending. minidom
-//! escapes text for XML; characters XML 1.0 cannot carry at all are removed.
+//! XMPP: one session per account over tokio-xmpp's `StanzaStream` (STARTTLS or
+//! direct TLS through [`crate::tls::XmppConnector`], or plaintext when explicitly
+//! allowed), joining MUC rooms, turning chat and groupchat messages and presence
+//! into events, and sending. minidom escapes text for XML; characters XML 1.0
+//! cannot carry at all are removed.
 //!
 //! tokio-xmpp reconnects by itself; we close the stream when it reports the
-//! connection lost, so the account loop owns reconnects, backoff and link events.
+//! connection lost, or when our TLS connector reports a failed attempt (refused
+//! connection, untrusted certificate, no STARTTLS), so the account loop owns
+//! reconnects, backoff and link events, with the failure as the link-down reason.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
 use switchboard_proto::im::v1::{ChatKind, Message, Presence, Protocol};
+use tokio::sync::mpsc;
 use tokio_xmpp::Stanza;
-use tokio_xmpp::connect::{DirectTlsServerConnector, DnsConfig, StartTlsServerConnector, TcpServerConnector};
+use tokio_xmpp::connect::{DnsConfig, TcpServerConnector};
 use tokio_xmpp::jid::{BareJid, FullJid, Jid};
 use tokio_xmpp::parsers::message::{Id, Lang, Message as XmppMessage, MessageType};
 use tokio_xmpp::parsers::muc::user::{MucUser, Status as MucStatus};
@@ -24,6 +28,7 @@ use tokio_xmpp::xmlstream::Timeouts;
 use crate::Error;
 use crate::config::{RoomConfig, XmppConfig, XmppTls};
 use crate::session::{Inbound, new_message_id, now};
+use crate::tls::{Mode, XmppConnector, client_config};
 
 /// The occupant JID `room/nick` of a MUC nickname.
 pub fn occupant(room: &str, nick: &str) -> Result<FullJid, String> {
@@ -74,6 +79,7 @@ pub struct XmppSession {
     pending_rooms: HashSet<BareJid>,
     rooms: Vec<(BareJid, String)>,
     ready: bool,
+    failures: mpsc::UnboundedReceiver<String>,
 }
 
 impl std::fmt::Debug for XmppSession {
@@ -102,20 +108,25 @@ impl XmppSession {
         };
         let password = config.password.expose().to_owned();
         let jid = Jid::from(full);
+        let (failures_tx, failures) = mpsc::unbounded_channel();
         let stream = match config.tls {
             XmppTls::Starttls => {
                 let dns = match config.host {
                     Some(_) => DnsConfig::no_srv(&host, config.port.unwrap_or(5222)),
                     None => DnsConfig::srv_default_client(&domain),
                 };
-                StanzaStream::new_c2s(StartTlsServerConnector::from(dns), jid, password, timeouts, 256)
+                let tls = client_config(config.ca_file.as_deref())?;
+                let connector = XmppConnector::new(dns, Mode::StartTls, tls, failures_tx);
+                StanzaStream::new_c2s(connector, jid, password, timeouts, 256)
             }
             XmppTls::Direct => {
                 let dns = match config.host {
                     Some(_) => DnsConfig::no_srv(&host, config.port.unwrap_or(5223)),
                     None => DnsConfig::srv_xmpps(&domain),
                 };
-                StanzaStream::new_c2s(DirectTlsServerConnector::from(dns), jid, password, timeouts, 256)
+                let tls = client_config(config.ca_file.as_deref())?;
+                let connector = XmppConnector::new(dns, Mode::Direct, tls, failures_tx);
+                StanzaStream::new_c2s(connector, jid, password, timeouts, 256)
             }
             XmppTls::Plaintext => {
                 if !config.allow_plaintext {
@@ -140,6 +151,7 @@ impl XmppSession {
             pending_rooms: HashSet::new(),
             rooms,
             ready: false,
+            failures,
         })
     }
 
@@ -204,9 +216,14 @@ impl XmppSession {
     /// The next thing that happened on the stream.
     pub async fn next(&mut self) -> Inbound {
         loop {
-            let event = match self.stream.next().await {
-                Some(event) => event,
-                None => return Inbound::Closed("XMPP stream closed".to_owned()),
+            let event = tokio::select! {
+                event = self.stream.next() => match event {
+                    Some(event) => event,
+                    None => return Inbound::Closed("XMPP stream closed".to_owned()),
+                },
+                Some(failure) = self.failures.recv() => {
+                    return Inbound::Closed(format!("XMPP connection failed: {failure}"));
+                }
             };
             let outcome = match event {
                 Event::Stream(StreamEvent::Reset { bound_jid, .. }) => {

@@ -27,6 +27,7 @@ id = "jabber"
 protocol = "xmpp"
 jid = "bot@example.org"
 password = "secret-xmpp"
+ca_file = "/etc/switchboard/private-ca.pem"
 rooms = [{ jid = "ops@conference.example.org", nick = "bot" }]
 allow_from = ["boss@example.org"]
 
@@ -40,6 +41,7 @@ sasl_user = "sbbot"
 sasl_password = "secret-irc"
 channels = ["#ops"]
 rate_window = "10s"
+ca_file = "/etc/switchboard/private-ca.pem"
 "##;
 
 #[test]
@@ -52,10 +54,15 @@ fn a_full_config_loads() {
     assert_eq!(xmpp.tls, XmppTls::Starttls);
     assert_eq!(xmpp.resource, "switchboard");
     assert_eq!(xmpp.rooms[0].nick, "bot");
+    assert_eq!(
+        xmpp.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/switchboard/private-ca.pem"))
+    );
     let ProtocolConfig::Irc(irc) = &config.accounts[1].protocol else {
         panic!("second account is IRC")
     };
     assert!(irc.tls);
+    assert!(irc.ca_file.is_some());
     assert_eq!(irc.rate_window, Duration::from_secs(10));
     assert_eq!(config.outbound.while_down, WhileDown::Reject);
     assert_eq!(config.session.lease_ttl, Duration::from_secs(5));
@@ -90,6 +97,14 @@ fn mistakes_name_the_key() {
         (
             GOOD.replace("rooms = [", "tls = \"plaintext\"\nrooms = ["),
             "account[0].allow_plaintext",
+        ),
+        (
+            GOOD.replace("rooms = [", "tls = \"plaintext\"\nallow_plaintext = true\nrooms = ["),
+            "account[0].ca_file needs tls",
+        ),
+        (
+            GOOD.replace("rate_window = \"10s\"", "rate_window = \"10s\"\ntls = false"),
+            "account[1].ca_file needs tls = true",
         ),
         (GOOD.replace("protocol = \"irc\"", "protocol = \"icq\""), "icq"),
         (

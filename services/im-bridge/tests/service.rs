@@ -1,5 +1,6 @@
 //! Service-level behaviour: one active session per account across replicas,
-//! gRPC auth and StreamMessages, SASL refusal reported as link down.
+//! gRPC auth and StreamMessages, SASL refusal reported as link down, `/readyz`
+//! following the account links.
 
 mod support;
 
@@ -155,4 +156,75 @@ async fn sasl_refused_is_a_link_down_with_the_reason() {
     assert!(down.reason.contains("SASL"), "{}", down.reason);
     assert_ne!(bridge.accounts.list()[0].state(), LinkState::Up);
     bridge.stop().await;
+}
+
+/// Polls `/readyz` of `bridge` until its status is `want`; returns the body.
+async fn readyz_becomes(bridge: &Running, want: reqwest::StatusCode) -> serde_json::Value {
+    let url = format!("http://{}/readyz", bridge.http);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let response = reqwest::get(&url).await.expect("GET /readyz");
+            if response.status() == want {
+                return response.json().await.expect("JSON body");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("/readyz did not become {want}"))
+}
+
+fn accounts_check(body: &serde_json::Value) -> &serde_json::Value {
+    body["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "accounts")
+        .expect("an accounts check")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_links_of_held_accounts_and_ignores_standby() {
+    let nats = NatsServer::start().expect("nats-server");
+    let mut ngircd = Ngircd::start();
+    let mut config = base_config(&nats);
+    config.accounts.push(irc_account("irc", ngircd.port, "sbbot", &[]));
+    let mut links = subscribe(&nats, "sb.evt.im.irc.link.>".to_owned()).await;
+    let holder = Running::start(config.clone()).await;
+    let up: LinkEvent = next_event(&mut links).await;
+    assert_eq!(up.state(), LinkState::Up);
+    let body = readyz_becomes(&holder, reqwest::StatusCode::OK).await;
+    assert_eq!(accounts_check(&body)["ok"], true);
+    let standby = Running::start(config).await;
+    assert_eq!(standby.accounts.list()[0].state(), LinkState::Standby);
+    readyz_becomes(&standby, reqwest::StatusCode::OK).await;
+
+    // The server goes away: the holder is not ready and says which account and why;
+    // the standby, which holds nothing, stays ready.
+    ngircd.stop();
+    let down: LinkEvent = next_event(&mut links).await;
+    assert_eq!(down.state(), LinkState::Down);
+    let body = readyz_becomes(&holder, reqwest::StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["ready"], false);
+    let check = accounts_check(&body);
+    assert_eq!(check["ok"], false);
+    let error = check["error"].as_str().expect("error text");
+    // Down between attempts, or connecting again; with the last error either way.
+    assert!(
+        error.starts_with("accounts not up: irc: down (") || error.starts_with("accounts not up: irc: connecting ("),
+        "{error}"
+    );
+    assert_eq!(
+        reqwest::get(format!("http://{}/readyz", standby.http))
+            .await
+            .expect("GET /readyz")
+            .status(),
+        reqwest::StatusCode::OK
+    );
+
+    // Back up: ready again.
+    ngircd.restart();
+    readyz_becomes(&holder, reqwest::StatusCode::OK).await;
+    standby.stop().await;
+    holder.stop().await;
 }

@@ -99,6 +99,7 @@ pub fn irc_account(id: &str, port: u16, nick: &str, channels: &[&str]) -> im_bri
             server: "127.0.0.1".to_owned(),
             port: Some(port),
             tls: false,
+            ca_file: None,
             nick: nick.to_owned(),
             alt_nicks: vec![format!("{nick}_")],
             username: None,
@@ -132,6 +133,7 @@ pub fn xmpp_account(
             port: Some(prosody.port),
             tls: im_bridge::XmppTls::Plaintext,
             allow_plaintext: true,
+            ca_file: None,
             resource: "switchboard".to_owned(),
             rooms: rooms
                 .iter()
