@@ -225,6 +225,7 @@ impl ImServer {
                 channels: Vec::new(),
                 rate_burst: 100,
                 rate_window: Duration::from_secs(1),
+                ca_file: None,
             }),
             Self::Xmpp(prosody) => im_bridge::ProtocolConfig::Xmpp(im_bridge::XmppConfig {
                 jid: self.address("sbbot"),
@@ -235,6 +236,7 @@ impl ImServer {
                 allow_plaintext: true,
                 resource: "switchboard".to_owned(),
                 rooms: Vec::new(),
+                ca_file: None,
             }),
         };
         im_bridge::AccountConfig {
