@@ -149,19 +149,40 @@ pub struct IrcServices {
 
 impl IrcServices {
     /// Starts inspircd, then atheme, and waits until atheme has linked and synced.
+    /// Clients may send 100 commands/s, with a burst of 1000, before inspircd
+    /// disconnects them for excess flood.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like [`IrcServices::start`], with inspircd's flood limits lifted for every
+    /// client (no fake lag, a command rate and penalty threshold far above any
+    /// benchmark, 1 MiB receive queue), for throughput measurements.
+    pub fn start_without_flood_limits() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(unlimited: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sb-inspircd-")
             .tempdir()
             .expect("temp dir");
         let (port, link) = (free_port(), free_port());
         let d = dir.path().display();
+        // threshold is in penalty points (one per ordinary command, scaled by 1000
+        // inside inspircd, so it must stay below u32::MAX / 1000); commandrate is in
+        // millicommands per second.
+        let flood = if unlimited {
+            r#"recvq="1M" threshold="4000000" commandrate="4000000000""#
+        } else {
+            r#"recvq="8K" threshold="1000" commandrate="100000""#
+        };
         let ircd_config = format!(
             r#"<server name="irc.test.local" description="switchboard test" network="TestNet">
 <admin name="test" nick="test" email="admin@test.local">
 <bind address="127.0.0.1" port="{port}" type="clients">
 <bind address="127.0.0.1" port="{link}" type="servers">
-<connect name="main" allow="*" timeout="60" pingfreq="120" hardsendq="1M" softsendq="1M" recvq="8K" threshold="1000" commandrate="100000" fakelag="no" localmax="1000" globalmax="1000" useident="no" resolvehostnames="no" limit="5000">
+<connect name="main" allow="*" timeout="60" pingfreq="120" hardsendq="1M" softsendq="1M" {flood} fakelag="no" localmax="1000" globalmax="1000" useident="no" resolvehostnames="no" limit="5000">
 <power diepass="test" restartpass="test">
 <module name="spanningtree">
 <module name="services_account">
