@@ -1149,6 +1149,7 @@ pub async fn publisher(
         settle(&mut acks, window).await;
     }
     settle(&mut acks, 0).await;
+    metrics::counter!("ami_raw_events_published_total").increment(unflushed);
 }
 
 /// Awaits the oldest acks until at most `keep` are in flight.
