@@ -56,7 +56,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ami-sim: cannot listen on {}: {e}", args.listen);
+            eprintln!("ami-sim: cannot serve on {}: {e}", args.listen);
             std::process::ExitCode::FAILURE
         }
     }
