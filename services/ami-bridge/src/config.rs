@@ -1,5 +1,6 @@
 //! The `[ami]` settings and the `[[pbx]]` list.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,12 @@ pub struct PbxConfig {
     pub allow_events: Vec<String>,
     /// Event names never published (checked after `allow_events`).
     pub deny_events: Vec<String>,
+    /// TLS to the manager port (Asterisk's `tlsenable`); no plaintext fallback.
+    pub tls: bool,
+    /// PEM certificates trusted in addition to the system roots (only with `tls`).
+    pub ca_file: Option<PathBuf>,
+    /// The name the server certificate must carry; default: `host`.
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for PbxConfig {
@@ -59,6 +66,9 @@ impl Default for PbxConfig {
             filters: Vec::new(),
             allow_events: Vec::new(),
             deny_events: Vec::new(),
+            tls: false,
+            ca_file: None,
+            tls_server_name: None,
         }
     }
 }
@@ -208,6 +218,12 @@ pub fn validate_pbx(list: &[PbxConfig]) -> Result<(), String> {
         if p.username.is_empty() {
             return Err(format!("pbx[{i}].username must be set"));
         }
+        if !p.tls && p.ca_file.is_some() {
+            return Err(format!("pbx[{i}].ca_file needs pbx[{i}].tls = true"));
+        }
+        if !p.tls && p.tls_server_name.is_some() {
+            return Err(format!("pbx[{i}].tls_server_name needs pbx[{i}].tls = true"));
+        }
         let crlf = |s: &str| s.contains(['\r', '\n']);
         if crlf(&p.username) || crlf(p.secret.expose()) || crlf(&p.events) || p.filters.iter().any(|f| crlf(f)) {
             return Err(format!("pbx[{i}]: CR or LF in username, secret, events or filters"));
@@ -255,6 +271,20 @@ mod tests {
         assert!(dup.starts_with("pbx[1].id"), "{dup}");
         let port = PbxConfig { port: 0, ..ok.clone() };
         assert_eq!(validate_pbx(&[port]).expect_err("port"), "pbx[0].port must be 1-65535");
+        let ca = PbxConfig {
+            ca_file: Some("/etc/ca.pem".into()),
+            ..ok.clone()
+        };
+        assert_eq!(
+            validate_pbx(&[ca]).expect_err("ca_file without tls"),
+            "pbx[0].ca_file needs pbx[0].tls = true"
+        );
+        let tls = PbxConfig {
+            tls: true,
+            ca_file: Some("/etc/ca.pem".into()),
+            ..ok.clone()
+        };
+        assert!(validate_pbx(&[tls]).is_ok());
         let crlf = PbxConfig {
             filters: vec!["Event: X\r\nAction: Logoff".into()],
             ..ok

@@ -13,10 +13,15 @@ use switchboard_proto::ami::v1 as pb;
 use switchboard_proto::common::v1::LinkState;
 use switchboard_proto::wkt;
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -452,6 +457,9 @@ struct Session {
 /// Why a connection ended, for `link.down`.
 type Reason = String;
 
+/// The connection to the manager: plain TCP or TLS, dispatched statically.
+type AmiStream = Either<TcpStream, TlsStream<TcpStream>>;
+
 impl Session {
     fn new(pbx: PbxConfig, ctx: SessionContext, status: Arc<Mutex<pb::PbxStatus>>) -> Self {
         Self {
@@ -693,12 +701,24 @@ impl Session {
 
     /// Connects, reads the banner and logs in. Frames that arrive in the same read
     /// as the login response are kept and returned.
-    async fn login(&self, parser: &mut Parser) -> Result<(TcpStream, String, Vec<Frame>), Reason> {
+    async fn login(&self, parser: &mut Parser) -> Result<(AmiStream, String, Vec<Frame>), Reason> {
         let address = self.pbx.address();
-        let mut stream = TcpStream::connect(&address)
+        let tcp = TcpStream::connect(&address)
             .await
             .map_err(|e| format!("connect to {address} failed: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let mut stream = if self.pbx.tls {
+            let name = self.pbx.tls_server_name.as_deref().unwrap_or(&self.pbx.host);
+            let server = ServerName::try_from(name.to_owned()).map_err(|e| format!("TLS server name {name:?}: {e}"))?;
+            let config = tls_client_config(self.pbx.ca_file.as_deref())?;
+            let tls = TlsConnector::from(config)
+                .connect(server, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake with {address} ({name}) failed: {e}"))?;
+            Either::Right(tls)
+        } else {
+            Either::Left(tcp)
+        };
         let mut early = Vec::new();
         let banner = loop {
             if let Some(frame) = parser.next_frame() {
@@ -998,7 +1018,39 @@ fn write_action<'a>(out: &mut Vec<u8>, action: &str, id: &str, headers: impl Int
     out.extend_from_slice(b"\r\n");
 }
 
-async fn read_more(stream: &mut TcpStream, parser: &mut Parser) -> Result<(), Reason> {
+/// A rustls client config trusting the system roots plus the PEM certificates
+/// of `ca_file` (the approach of im-bridge's `tls::client_config`).
+fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, Reason> {
+    use tokio_rustls::rustls::RootCertStore;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+    switchboard_runtime::install_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("ca_file {} holds no PEM certificate", path.display()));
+        }
+        let (_, ignored) = roots.add_parsable_certificates(certs);
+        if ignored > 0 {
+            return Err(format!(
+                "ca_file {}: {ignored} certificate(s) could not be parsed",
+                path.display()
+            ));
+        }
+    }
+    Ok(Arc::new(
+        ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, parser: &mut Parser) -> Result<(), Reason> {
     match stream.read_buf(parser.buffer_mut()).await {
         Ok(0) => Err("eof".into()),
         Ok(_) => Ok(()),
@@ -1006,8 +1058,8 @@ async fn read_more(stream: &mut TcpStream, parser: &mut Parser) -> Result<(), Re
     }
 }
 
-async fn wait_reply(
-    stream: &mut TcpStream,
+async fn wait_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
     parser: &mut Parser,
     id: &str,
     early: &mut Vec<Frame>,

@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,37 @@ pub struct SimConfig {
     pub old_command_style: bool,
     /// How long an answered call lasts when the Originate gives no `Data` seconds.
     pub call_duration: Duration,
+    /// Serve TLS instead of plain TCP (Asterisk's `tlsenable`).
+    pub tls: Option<SimTls>,
+}
+
+/// The simulator's TLS certificate and key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimTls {
+    /// The server certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Its private key (unencrypted).
+    pub key: std::path::PathBuf,
+}
+
+fn tls_acceptor(tls: &SimTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    switchboard_runtime::install_crypto_provider();
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(&tls.cert.display().to_string(), &e))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| invalid(&tls.key.display().to_string(), &e))?;
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("TLS certificate", &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Default for SimConfig {
@@ -57,6 +88,7 @@ impl Default for SimConfig {
             users: BTreeMap::from([("sb".to_owned(), "sbsecret".to_owned())]),
             old_command_style: false,
             call_duration: Duration::from_millis(300),
+            tls: None,
         }
     }
 }
@@ -122,8 +154,10 @@ impl std::fmt::Debug for SimHandle {
 }
 
 impl SimHandle {
-    /// Binds `addr` (port 0 picks a free port) and serves until `shutdown`.
+    /// Binds `addr` (port 0 picks a free port) and serves until `shutdown`;
+    /// over TLS when `config.tls` is set.
     pub async fn start(addr: SocketAddr, config: SimConfig, shutdown: CancellationToken) -> std::io::Result<Self> {
+        let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (events, _) = broadcast::channel(65_536);
@@ -147,7 +181,15 @@ impl SimHandle {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(Connection::run(accept_shared.clone(), stream, token.clone()));
+                        let (shared, token) = (accept_shared.clone(), token.clone());
+                        match acceptor.clone() {
+                            None => drop(tokio::spawn(Connection::run(shared, stream, token))),
+                            Some(acceptor) => drop(tokio::spawn(async move {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    Connection::run(shared, stream, token).await;
+                                }
+                            })),
+                        }
                     }
                 }
             }
@@ -457,8 +499,12 @@ enum After {
 }
 
 impl Connection {
-    async fn run(shared: Arc<Shared>, stream: TcpStream, shutdown: CancellationToken) {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
+        shared: Arc<Shared>,
+        stream: S,
+        shutdown: CancellationToken,
+    ) {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Bytes>();
         let mut controls = shared.controls.subscribe();
         let mut events = shared.events.subscribe();

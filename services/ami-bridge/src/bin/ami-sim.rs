@@ -1,11 +1,13 @@
 //! `ami-sim`: an AMI simulator on a TCP port (see `ami_bridge::sim`).
 //!
-//! `ami-sim --listen 127.0.0.1:5038 --user sb:sbsecret [--old-command-style]`
+//! `ami-sim --listen 127.0.0.1:5038 --user sb:sbsecret [--old-command-style]
+//! [--tls-cert cert.pem --tls-key key.pem]`
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use ami_bridge::sim::{SimConfig, SimHandle};
+use ami_bridge::sim::{SimConfig, SimHandle, SimTls};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,12 @@ struct Args {
     /// Answer Command the pre-14 way (`Response: Follows`).
     #[arg(long)]
     old_command_style: bool,
+    /// Serve TLS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -36,6 +44,7 @@ async fn main() -> std::process::ExitCode {
     let config = SimConfig {
         users,
         old_command_style: args.old_command_style,
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| SimTls { cert, key }),
         ..SimConfig::default()
     };
     let shutdown = CancellationToken::new();
@@ -47,7 +56,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ami-sim: cannot listen on {}: {e}", args.listen);
+            eprintln!("ami-sim: cannot serve on {}: {e}", args.listen);
             std::process::ExitCode::FAILURE
         }
     }
