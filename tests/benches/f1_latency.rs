@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchboard_bus::Secret;
-use switchboard_flows::{PATIENCE, browser_token, bus, nats_config, open_browser, start_hook_runner, start_ws_push};
-use switchboard_runtime::{GrpcConfig, HttpConfig};
+use switchboard_flows::{browser_token, open_browser, start_hook_runner, start_pbx, start_ws_push};
 use switchboard_test_support::NatsServer;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -66,43 +64,10 @@ async fn main() {
 
     let nats = NatsServer::start().expect("nats-server");
     let shutdown = CancellationToken::new();
-    let observer = bus(&nats).await;
-    let sim = ami_bridge::sim::SimHandle::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        ami_bridge::sim::SimConfig::default(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("AMI simulator");
-    let mut link_up = observer
-        .client()
-        .subscribe("sb.evt.ami.pbx1.link.up")
-        .await
-        .expect("subscribe");
-    let ami_config = ami_bridge::Config {
-        nats: nats_config(&nats),
-        http: HttpConfig::on_port(0),
-        grpc: GrpcConfig::on_port(0),
-        pbx: vec![ami_bridge::PbxConfig {
-            id: "pbx1".into(),
-            host: "127.0.0.1".into(),
-            port: sim.addr().port(),
-            username: "sb".into(),
-            secret: Secret::new("sbsecret"),
-            ..ami_bridge::PbxConfig::default()
-        }],
-        ..ami_bridge::Config::default()
-    };
-    let ami_app = ami_bridge::App::build(ami_config, shutdown.clone())
-        .await
-        .expect("ami-bridge");
-    tokio::spawn(ami_app.run());
+    let pbx = start_pbx(&nats, &shutdown).await;
     let rules = tempfile::tempdir().expect("rules dir");
     start_hook_runner(&nats, &shutdown, rules.path(), &[("f1-screen-pop.yaml", "screen-pop")]).await;
     let push_http = start_ws_push(&nats, &shutdown).await;
-    tokio::time::timeout(PATIENCE, link_up.next())
-        .await
-        .expect("the PBX link comes up");
     // The session asks for a channel snapshot after login; let that settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -133,7 +98,7 @@ async fn main() {
         Arc::new(std::sync::Mutex::new(vec![None; usize::try_from(total).expect("fits")]));
     let generator = {
         let sent = sent.clone();
-        let sim = sim.clone();
+        let sim = pbx.sim.clone();
         tokio::spawn(async move {
             let start = Instant::now();
             let mut ticker = tokio::time::interval(Duration::from_millis(1));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_bus::{Bus, NatsConfig, Secret};
+use switchboard_proto::ami::v1 as ami;
 use switchboard_runtime::{GrpcConfig, HttpConfig};
 use switchboard_test_support::NatsServer;
 use switchboard_test_support::im::{IrcPeer, Ngircd, Prosody, XmppPeer};
@@ -42,6 +43,76 @@ pub fn example_rule(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/rules")
         .join(file)
+}
+
+/// The simulated Asterisk `pbx1` and an ami-bridge holding its session.
+pub struct Pbx {
+    /// The AMI simulator (stops with the shutdown token).
+    pub sim: ami_bridge::sim::SimHandle,
+    /// ami-bridge's task; it ends after the shutdown token is cancelled.
+    pub bridge: tokio::task::JoinHandle<Result<(), ami_bridge::Error>>,
+}
+
+/// Starts the AMI simulator and ami-bridge with the PBX `pbx1` on it, and waits
+/// until the session is up (`sb.evt.ami.pbx1.link.up`).
+pub async fn start_pbx(nats: &NatsServer, shutdown: &CancellationToken) -> Pbx {
+    let sim = ami_bridge::sim::SimHandle::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        ami_bridge::sim::SimConfig::default(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("AMI simulator");
+    let observer = bus(nats).await;
+    let mut link_up = observer
+        .client()
+        .subscribe("sb.evt.ami.pbx1.link.up")
+        .await
+        .expect("subscribe");
+    let config = ami_bridge::Config {
+        nats: nats_config(nats),
+        http: HttpConfig::on_port(0),
+        grpc: GrpcConfig::on_port(0),
+        pbx: vec![ami_bridge::PbxConfig {
+            id: "pbx1".into(),
+            host: "127.0.0.1".into(),
+            port: sim.addr().port(),
+            username: "sb".into(),
+            secret: Secret::new("sbsecret"),
+            ..ami_bridge::PbxConfig::default()
+        }],
+        ..ami_bridge::Config::default()
+    };
+    let app = ami_bridge::App::build(config, shutdown.clone())
+        .await
+        .expect("ami-bridge");
+    let bridge = tokio::spawn(app.run());
+    tokio::time::timeout(PATIENCE, link_up.next())
+        .await
+        .expect("the PBX link comes up");
+    Pbx { sim, bridge }
+}
+
+/// An Originate from `"Alice Caller" <5551234>` to `Local/<exten>@from-internal`
+/// (the simulator answers 101 and holds the call 100 ms, reports 102 busy).
+pub fn originate(exten: &str) -> ami::ActionRequest {
+    let channel = format!("Local/{exten}@from-internal");
+    ami::ActionRequest {
+        action: "Originate".into(),
+        headers: [
+            ("Channel", channel.as_str()),
+            ("Application", "Wait"),
+            ("Data", "1"),
+            ("CallerID", "\"Alice Caller\" <5551234>"),
+        ]
+        .iter()
+        .map(|(name, value)| ami::Header {
+            name: (*name).into(),
+            value: (*value).into(),
+        })
+        .collect(),
+        ..Default::default()
+    }
 }
 
 /// Starts ws-push with [`JWT_SECRET`] and [`PUSH_API_KEY`]; returns its HTTP address.

@@ -9,48 +9,14 @@
 
 use std::time::Duration;
 
-use switchboard_bus::Secret;
-use switchboard_flows::{ImServer, PATIENCE, bus, nats_config, start_hook_runner, start_im_bridge};
-use switchboard_runtime::{GrpcConfig, HttpConfig};
+use switchboard_flows::{ImServer, start_hook_runner, start_im_bridge, start_pbx};
 use switchboard_test_support::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 async fn call_101_places_a_call_and_answers_with_the_result(im: ImServer) {
     let nats = NatsServer::start().expect("nats-server");
     let shutdown = CancellationToken::new();
-    let observer = bus(&nats).await;
-
-    // The PBX and ami-bridge.
-    let sim = ami_bridge::sim::SimHandle::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        ami_bridge::sim::SimConfig::default(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("AMI simulator");
-    let mut ami_up = observer
-        .client()
-        .subscribe("sb.evt.ami.pbx1.link.up")
-        .await
-        .expect("subscribe");
-    let ami_config = ami_bridge::Config {
-        nats: nats_config(&nats),
-        http: HttpConfig::on_port(0),
-        grpc: GrpcConfig::on_port(0),
-        pbx: vec![ami_bridge::PbxConfig {
-            id: "pbx1".into(),
-            host: "127.0.0.1".into(),
-            port: sim.addr().port(),
-            username: "sb".into(),
-            secret: Secret::new("sbsecret"),
-            ..ami_bridge::PbxConfig::default()
-        }],
-        ..ami_bridge::Config::default()
-    };
-    let ami_app = ami_bridge::App::build(ami_config, shutdown.clone())
-        .await
-        .expect("ami-bridge");
-    tokio::spawn(ami_app.run());
+    let _pbx = start_pbx(&nats, &shutdown).await;
 
     // im-bridge with the bot's account, and hook-runner with the F2 rule.
     start_im_bridge(&nats, &shutdown, im.bot_account("main"), None).await;
@@ -62,9 +28,6 @@ async fn call_101_places_a_call_and_answers_with_the_result(im: ImServer) {
         &[("f2-im-call-bot.yaml", "im-call-bot")],
     )
     .await;
-    tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut ami_up))
-        .await
-        .expect("the AMI link comes up");
 
     // A user the rule does not know asks first: nothing is called, nothing answers.
     let bot = im.address("sbbot");

@@ -7,33 +7,10 @@
 
 use std::time::Duration;
 
-use switchboard_bus::Secret;
-use switchboard_flows::{ImServer, PATIENCE, bus, nats_config, start_hook_runner, start_im_bridge};
+use switchboard_flows::{ImServer, PATIENCE, bus, originate, start_hook_runner, start_im_bridge, start_pbx};
 use switchboard_proto::ami::v1 as ami;
-use switchboard_runtime::{GrpcConfig, HttpConfig};
 use switchboard_test_support::NatsServer;
 use tokio_util::sync::CancellationToken;
-
-/// An Originate from the caller `Alice Caller <5551234>` to `exten`.
-fn call(exten: &str) -> ami::ActionRequest {
-    let channel = format!("Local/{exten}@from-internal");
-    ami::ActionRequest {
-        action: "Originate".into(),
-        headers: [
-            ("Channel", channel.as_str()),
-            ("Application", "Wait"),
-            ("Data", "1"),
-            ("CallerID", "\"Alice Caller\" <5551234>"),
-        ]
-        .iter()
-        .map(|(name, value)| ami::Header {
-            name: (*name).into(),
-            value: (*value).into(),
-        })
-        .collect(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f3_an_unanswered_call_to_102_sends_its_owner_one_xmpp_message() {
@@ -42,36 +19,7 @@ async fn f3_an_unanswered_call_to_102_sends_its_owner_one_xmpp_message() {
     let shutdown = CancellationToken::new();
     let observer = bus(&nats).await;
 
-    let sim = ami_bridge::sim::SimHandle::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        ami_bridge::sim::SimConfig::default(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("AMI simulator");
-    let mut ami_up = observer
-        .client()
-        .subscribe("sb.evt.ami.pbx1.link.up")
-        .await
-        .expect("subscribe");
-    let ami_config = ami_bridge::Config {
-        nats: nats_config(&nats),
-        http: HttpConfig::on_port(0),
-        grpc: GrpcConfig::on_port(0),
-        pbx: vec![ami_bridge::PbxConfig {
-            id: "pbx1".into(),
-            host: "127.0.0.1".into(),
-            port: sim.addr().port(),
-            username: "sb".into(),
-            secret: Secret::new("sbsecret"),
-            ..ami_bridge::PbxConfig::default()
-        }],
-        ..ami_bridge::Config::default()
-    };
-    let ami_app = ami_bridge::App::build(ami_config, shutdown.clone())
-        .await
-        .expect("ami-bridge");
-    tokio::spawn(ami_app.run());
+    let _pbx = start_pbx(&nats, &shutdown).await;
     start_im_bridge(&nats, &shutdown, im.bot_account("main"), None).await;
     let rules = tempfile::tempdir().expect("rules dir");
     start_hook_runner(
@@ -81,9 +29,6 @@ async fn f3_an_unanswered_call_to_102_sends_its_owner_one_xmpp_message() {
         &[("f3-missed-call.yaml", "missed-call-im")],
     )
     .await;
-    tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut ami_up))
-        .await
-        .expect("the AMI link comes up");
     let mut alice = im.user("alice").await;
     let mut bob = im.user("bob").await;
     let mut ended = observer
@@ -94,7 +39,11 @@ async fn f3_an_unanswered_call_to_102_sends_its_owner_one_xmpp_message() {
 
     // An answered call to 101 (alice's extension) ends: no alert for alice.
     let answered: ami::ActionResponse = observer
-        .request("sb.cmd.ami.pbx1.action", &call("101"), Some(Duration::from_secs(10)))
+        .request(
+            "sb.cmd.ami.pbx1.action",
+            &originate("101"),
+            Some(Duration::from_secs(10)),
+        )
         .await
         .expect("the Originate to 101 is taken");
     assert_eq!(answered.response, "Success");
@@ -105,7 +54,11 @@ async fn f3_an_unanswered_call_to_102_sends_its_owner_one_xmpp_message() {
     // A call to 102 that nobody answers: bob is told, once, however often the caller tries.
     for _ in 0..2 {
         let busy: ami::ActionResponse = observer
-            .request("sb.cmd.ami.pbx1.action", &call("102"), Some(Duration::from_secs(10)))
+            .request(
+                "sb.cmd.ami.pbx1.action",
+                &originate("102"),
+                Some(Duration::from_secs(10)),
+            )
             .await
             .expect("the Originate to 102 is taken");
         assert_eq!(busy.response, "Success", "the action is accepted; the call then fails");

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{Tra
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
-use switchboard_flows::{JWT_SECRET, PATIENCE, browser_token, bus, example_rule, next_push, open_browser};
+use switchboard_flows::{JWT_SECRET, PATIENCE, browser_token, bus, example_rule, next_push, open_browser, originate};
 use switchboard_proto::ami::v1 as ami;
 use switchboard_test_support::binary::workspace_binary;
 use switchboard_test_support::{NatsServer, free_port, wait_for_port};
@@ -184,25 +184,13 @@ async fn f1_makes_one_trace_across_ami_bridge_hook_runner_and_ws_push() {
     let (mut socket, _) = open_browser(push_http, &browser_token("101", json!({}))).await;
 
     // A call rings 101 (retried until ami-bridge holds its PBX session).
-    let originate = ami::ActionRequest {
-        action: "Originate".into(),
-        headers: [
-            ("Channel", "Local/101@from-internal"),
-            ("Application", "Wait"),
-            ("Data", "1"),
-            ("CallerID", "\"Alice Caller\" <5551234>"),
-        ]
-        .iter()
-        .map(|(name, value)| ami::Header {
-            name: (*name).into(),
-            value: (*value).into(),
-        })
-        .collect(),
-        ..Default::default()
-    };
     loop {
         match observer
-            .request::<_, ami::ActionResponse>("sb.cmd.ami.pbx1.action", &originate, Some(Duration::from_secs(5)))
+            .request::<_, ami::ActionResponse>(
+                "sb.cmd.ami.pbx1.action",
+                &originate("101"),
+                Some(Duration::from_secs(5)),
+            )
             .await
         {
             Ok(reply) => {

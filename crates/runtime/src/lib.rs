@@ -11,6 +11,7 @@ pub mod config;
 pub mod health;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

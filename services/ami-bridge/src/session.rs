@@ -19,7 +19,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -710,7 +709,7 @@ impl Session {
         let mut stream = if self.pbx.tls {
             let name = self.pbx.tls_server_name.as_deref().unwrap_or(&self.pbx.host);
             let server = ServerName::try_from(name.to_owned()).map_err(|e| format!("TLS server name {name:?}: {e}"))?;
-            let config = tls_client_config(self.pbx.ca_file.as_deref())?;
+            let config = switchboard_runtime::tls::client_config(self.pbx.ca_file.as_deref())?;
             let tls = TlsConnector::from(config)
                 .connect(server, tcp)
                 .await
@@ -1016,38 +1015,6 @@ fn write_action<'a>(out: &mut Vec<u8>, action: &str, id: &str, headers: impl Int
         line(name, value);
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// A rustls client config trusting the system roots plus the PEM certificates
-/// of `ca_file` (the approach of im-bridge's `tls::client_config`).
-fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, Reason> {
-    use tokio_rustls::rustls::RootCertStore;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-
-    switchboard_runtime::install_crypto_provider();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("ca_file {} holds no PEM certificate", path.display()));
-        }
-        let (_, ignored) = roots.add_parsable_certificates(certs);
-        if ignored > 0 {
-            return Err(format!(
-                "ca_file {}: {ignored} certificate(s) could not be parsed",
-                path.display()
-            ));
-        }
-    }
-    Ok(Arc::new(
-        ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
 }
 
 async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, parser: &mut Parser) -> Result<(), Reason> {

@@ -19,9 +19,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, ProtocolVersion, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, ProtocolVersion};
 use tokio_xmpp::connect::{DnsConfig, ServerConnector};
 use tokio_xmpp::jid::Jid;
 use tokio_xmpp::parsers::starttls;
@@ -31,34 +30,9 @@ use tokio_xmpp::xmlstream::{
 
 use crate::Error;
 
-/// A rustls client config trusting the system roots plus, when given, the PEM
-/// certificates in `ca_file`.
+/// The client config for `ca_file` (see [`switchboard_runtime::tls::client_config`]).
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Error> {
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| Error::Session(format!("cannot read ca_file {}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(Error::Session(format!(
-                "ca_file {} holds no PEM certificate",
-                path.display()
-            )));
-        }
-        let (_, ignored) = roots.add_parsable_certificates(certs);
-        if ignored > 0 {
-            return Err(Error::Session(format!(
-                "ca_file {}: {ignored} certificate(s) could not be parsed",
-                path.display()
-            )));
-        }
-    }
-    Ok(Arc::new(
-        ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
+    switchboard_runtime::tls::client_config(ca_file).map_err(Error::Session)
 }
 
 /// How [`XmppConnector`] secures the stream.
