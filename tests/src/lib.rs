@@ -155,12 +155,20 @@ pub async fn start_hook_runner(
         .expect("hook-runner");
     tokio::spawn(app.run());
 
+    let names: Vec<&str> = rules.iter().map(|(_, name)| *name).collect();
+    wait_for_rule_consumers(nats, &names).await;
+}
+
+/// Waits until hook-runner's durable consumer of each named rule exists on
+/// `SB_EVENTS` (consumers start at new events: publish only after this).
+pub async fn wait_for_rule_consumers(nats: &NatsServer, rules: &[&str]) {
     let observer = bus(nats).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    for (_, name) in rules {
+    for name in rules {
         loop {
-            let stream = observer.jetstream().get_stream("SB_EVENTS").await.expect("SB_EVENTS");
-            if stream.consumer_info(format!("hook-{name}")).await.is_ok() {
+            if let Ok(stream) = observer.jetstream().get_stream("SB_EVENTS").await
+                && stream.consumer_info(format!("hook-{name}")).await.is_ok()
+            {
                 break;
             }
             assert!(

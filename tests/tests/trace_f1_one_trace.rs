@@ -15,7 +15,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{Tra
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
-use switchboard_flows::{JWT_SECRET, PATIENCE, browser_token, bus, example_rule, next_push, open_browser, originate};
+use switchboard_flows::{
+    JWT_SECRET, PATIENCE, browser_token, bus, example_rule, next_push, open_browser, originate, wait_for_rule_consumers,
+};
 use switchboard_proto::ami::v1 as ami;
 use switchboard_test_support::binary::workspace_binary;
 use switchboard_test_support::{NatsServer, free_port, wait_for_port};
@@ -169,18 +171,9 @@ async fn f1_makes_one_trace_across_ami_bridge_hook_runner_and_ws_push() {
     let push_http = SocketAddr::from(([127, 0, 0, 1], push_port));
     assert!(wait_for_port(push_http, PATIENCE), "ws-push listens");
 
-    // Wait for hook-runner's consumer for the rule (it starts at new events).
+    wait_for_rule_consumers(&nats, &["screen-pop"]).await;
     let observer = bus(&nats).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(stream) = observer.jetstream().get_stream("SB_EVENTS").await
-            && stream.consumer_info("hook-screen-pop").await.is_ok()
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "hook-runner never consumed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let (mut socket, _) = open_browser(push_http, &browser_token("101", json!({}))).await;
 
     // A call rings 101 (retried until ami-bridge holds its PBX session).
