@@ -594,11 +594,21 @@ impl XmppPeer {
             .send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
             .await
             .expect("the XMPP peer sends presence");
-        Self {
+        let mut peer = Self {
             client,
             jid,
             nick: None,
-        }
+        };
+        // send_stanza only queues: until the server has our presence, a chat message to
+        // the bare JID has no available resource to go to. The server reflects initial
+        // presence to the sender (RFC 6121 4.2.2), which proves it took effect.
+        let own = peer.jid.clone();
+        peer.wait(|s| {
+            matches!(s, tokio_xmpp::Stanza::Presence(p)
+                if p.from.as_ref().is_some_and(|f| f.to_bare().to_string() == own))
+        })
+        .await;
+        peer
     }
 
     /// Joins the MUC `room` (a bare room JID) as `nick` and waits for its own presence there.
