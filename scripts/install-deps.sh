@@ -11,6 +11,8 @@
 #   - nats-py: a Python NATS client, for the test of a non-Rust subscriber;
 #   - iputils-ping: the program the F4 example rule runs;
 #   - chromium: the real browser the web page tests drive with Playwright;
+#   - s3s-fs (cargo install, built once into ~/.cargo/bin): an S3 server over a
+#     directory, for chat-store's S3 attachment tests;
 #   - PostgreSQL must be running on 127.0.0.1:5432 (the chat-store tests run on it too):
 #     started if installed and stopped.
 # Needs root (or sudo) for apt-get.
@@ -68,6 +70,13 @@ fi
 for svc in prosody ngircd inspircd atheme-services; do
     $sudo service "$svc" stop >/dev/null 2>&1 || true
 done
+
+# --- s3s-fs: an S3-compatible server (SigV4 auth) for chat-store's blob-store tests --
+# 0.14.1: the newest that builds with Rust 1.95 (0.17 needs 1.96).
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+    say "building s3s-fs 0.14.1 (cargo install, a few minutes once)"
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/s3s-fs" cargo install --quiet --locked s3s-fs --version 0.14.1 --features binary
+fi
 
 # --- PostgreSQL on 127.0.0.1:5432 ------------------------------------------------
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -316,6 +316,12 @@ impl Subjects {
         self.join("cmd", &["chat", verb])
     }
 
+    /// `sb.cmd.chat.rate.spent`: a broadcast (not request-reply) between chat-store
+    /// replicas of what each user spent of their rate budget.
+    pub fn chat_rate_spent(&self) -> String {
+        self.join("cmd", &["chat", "rate", "spent"])
+    }
+
     // ---- hook-runner ----
 
     /// `sb.evt.hook.<rule>.<succeeded|failed|dead>`
@@ -428,6 +434,10 @@ pub const CATALOGUE: &[SubjectInfo] = &[
     SubjectInfo {
         pattern: "sb.cmd.chat.<verb>",
         payload: "switchboard.chat.v1 request of the verb",
+    },
+    SubjectInfo {
+        pattern: "sb.cmd.chat.rate.spent",
+        payload: "switchboard.chat.v1.RateSpent",
     },
     SubjectInfo {
         pattern: "sb.evt.hook.<rule>.<succeeded|failed>",

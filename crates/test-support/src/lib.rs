@@ -3,13 +3,16 @@
 //! [`NatsServer`] starts a real `nats-server` (found on `PATH`) with JetStream on a
 //! free loopback port and a temporary store dir, and stops it on `Drop`, like the
 //! nats.rs test suite does. Tests never touch the system NATS on 4222.
-//! [`Postgres`] does the same for PostgreSQL (its own cluster, crash and restart).
+//! [`Postgres`] does the same for PostgreSQL (its own cluster, crash and restart),
+//! [`S3Server`] for an S3-compatible blob store.
 
 pub mod binary;
 pub mod im;
 pub mod postgres;
+pub mod s3;
 
 pub use postgres::Postgres;
+pub use s3::S3Server;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

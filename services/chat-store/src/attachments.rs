@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as BlobPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::config::AttachmentsConfig;
@@ -98,11 +100,57 @@ pub struct Blobs {
 
 impl Blobs {
     /// A local directory (created if missing).
-    pub fn local(dir: &std::path::Path) -> Result<Self, Error> {
+    fn local(dir: &std::path::Path) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("attachments dir {}: {e}", dir.display())))?;
         let store = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| Error::Config(format!("attachments dir {}: {e}", dir.display())))?;
         Ok(Self { store: Arc::new(store) })
+    }
+
+    /// The store `config` names: its S3 bucket (and prefix) when `url` is set, else a
+    /// local directory (`dir`, or `data_dir/attachments`). An S3 bucket is listed once
+    /// here, so a wrong name, endpoint or key stops the service at start with the cause
+    /// rather than failing the first upload.
+    pub async fn open(config: &AttachmentsConfig, data_dir: &std::path::Path) -> Result<Self, Error> {
+        if config.url.is_empty() {
+            let dir = if config.dir.as_os_str().is_empty() {
+                data_dir.join("attachments")
+            } else {
+                config.dir.clone()
+            };
+            return Self::local(&dir);
+        }
+        let location = config.url.strip_prefix("s3://").unwrap_or_default();
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let s3 = &config.s3;
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_allow_http(s3.allow_http);
+        for (key, value) in [
+            (AmazonS3ConfigKey::Endpoint, s3.endpoint.as_str()),
+            (AmazonS3ConfigKey::Region, s3.region.as_str()),
+            (AmazonS3ConfigKey::AccessKeyId, s3.access_key_id.as_str()),
+            (AmazonS3ConfigKey::SecretAccessKey, s3.secret_access_key.expose()),
+        ] {
+            if !value.is_empty() {
+                builder = builder.with_config(key, value);
+            }
+        }
+        let bucket_store = builder
+            .build()
+            .map_err(|e| Error::Config(format!("attachments.url {}: {e}", config.url)))?;
+        let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+            Arc::new(bucket_store)
+        } else {
+            Arc::new(PrefixStore::new(bucket_store, prefix.trim_matches('/')))
+        };
+        store.list_with_delimiter(None).await.map_err(|e| {
+            Error::Config(format!(
+                "attachments.url {}: the bucket cannot be listed: {e}",
+                config.url
+            ))
+        })?;
+        Ok(Self { store })
     }
 
     /// Stores `data` under `key`.

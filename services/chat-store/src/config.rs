@@ -180,8 +180,31 @@ pub struct AttachmentsConfig {
     pub max_dimension: u32,
     /// Thumbnails fit in this square, in pixels.
     pub thumbnail_size: u32,
-    /// Where files are kept; empty means `data_dir/attachments`.
+    /// Where files are kept; empty means `data_dir/attachments`. Unused with `url`.
     pub dir: PathBuf,
+    /// An S3-compatible bucket instead of `dir`: `s3://bucket` or
+    /// `s3://bucket/prefix`; empty keeps files in `dir`.
+    pub url: String,
+    /// How to reach the bucket of `url`.
+    pub s3: S3Config,
+}
+
+/// `[attachments.s3]`: the S3 (or S3-compatible: MinIO, Ceph, R2) server. Keys left
+/// empty come from the standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, web identity in Kubernetes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// The server's URL (`https://minio.example.com:9000`); empty: AWS.
+    pub endpoint: String,
+    /// The bucket's region; empty: `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// The access key id; empty: from the environment.
+    pub access_key_id: String,
+    /// The secret access key; empty: from the environment.
+    pub secret_access_key: Secret,
+    /// Allows an `http://` endpoint (a server on a private network); off: TLS only.
+    pub allow_http: bool,
 }
 
 impl Default for AttachmentsConfig {
@@ -191,6 +214,8 @@ impl Default for AttachmentsConfig {
             max_dimension: 8192,
             thumbnail_size: 256,
             dir: PathBuf::new(),
+            url: String::new(),
+            s3: S3Config::default(),
         }
     }
 }
@@ -239,6 +264,23 @@ impl Validate for Config {
         }
         if self.chat.rate_per_minute == 0 || self.chat.rate_burst == 0 {
             return Err("chat.rate_per_minute and chat.rate_burst must be at least 1".into());
+        }
+        let attachments = &self.attachments;
+        if !attachments.url.is_empty() {
+            let bucket = attachments
+                .url
+                .strip_prefix("s3://")
+                .map(|rest| rest.split('/').next().unwrap_or_default());
+            if bucket.is_none_or(str::is_empty) {
+                return Err("attachments.url must be s3://bucket or s3://bucket/prefix".into());
+            }
+        }
+        let endpoint = &attachments.s3.endpoint;
+        if endpoint.starts_with("http://") && !attachments.s3.allow_http {
+            return Err("attachments.s3.endpoint is http://: set attachments.s3.allow_http = true to allow it".into());
+        }
+        if !endpoint.is_empty() && !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+            return Err("attachments.s3.endpoint must be an http:// or https:// URL".into());
         }
         for (key, url) in [
             ("auth.key_url", &self.auth.key_url),
@@ -305,6 +347,28 @@ mod tests {
         assert_eq!(widget("ws://h:1").push_origin(), "ws://h:1");
         assert_eq!(widget("").push_origin(), "");
         assert_eq!(widget("nonsense").push_origin(), "");
+    }
+
+    #[test]
+    fn s3_settings_are_checked() {
+        let check = |url: &str, endpoint: &str, allow_http: bool| {
+            let mut config = Config::default();
+            config.attachments.url = url.into();
+            config.attachments.s3.endpoint = endpoint.into();
+            config.attachments.s3.allow_http = allow_http;
+            config.validate()
+        };
+        assert!(check("", "", false).is_ok(), "local files by default");
+        assert!(check("s3://chat", "", false).is_ok());
+        assert!(check("s3://chat/uploads/", "https://minio.example.com:9000", false).is_ok());
+        assert!(check("s3://chat", "http://127.0.0.1:9000", true).is_ok());
+        let http = check("s3://chat", "http://127.0.0.1:9000", false).expect_err("plain http needs consent");
+        assert!(http.contains("allow_http"), "{http}");
+        for bad in ["chat", "s3://", "s3:///prefix", "gs://chat"] {
+            let error = check(bad, "", false).expect_err(bad);
+            assert!(error.contains("attachments.url"), "{bad}: {error}");
+        }
+        assert!(check("s3://chat", "minio:9000", false).is_err(), "an endpoint is a URL");
     }
 
     #[test]

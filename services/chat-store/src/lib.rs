@@ -5,6 +5,7 @@
 //! [`App::run`], or with [`run`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use switchboard_runtime::{Base, Endpoints};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod migration;
 pub mod openapi;
+pub mod rate;
 pub mod service;
 pub mod store;
 pub mod translate;
@@ -28,7 +30,8 @@ pub use error::Error;
 pub use store::Store;
 
 use auth::{Auth, Management};
-use service::{Chat, RateLimiter};
+use rate::RateLimiter;
+use service::Chat;
 use switchboard_proto::chat::v1::chat_service_server::ChatServiceServer;
 use translate::Translator;
 
@@ -82,20 +85,16 @@ impl App {
         .await?;
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         let auth = Auth::new(&config.auth, store.clone())?;
-        let limiter = RateLimiter::new(config.chat.rate_per_minute, config.chat.rate_burst);
+        let limiter = Arc::new(RateLimiter::new(config.chat.rate_per_minute, config.chat.rate_burst));
+        limiter.clone().share(base.bus.clone(), shutdown.clone()).await?;
         let translator = Translator::new(&config.translate)?;
-        let dir = if config.attachments.dir.as_os_str().is_empty() {
-            config.data_dir.join("attachments")
-        } else {
-            config.attachments.dir.clone()
-        };
         let chat = Chat::new(service::Parts {
             store,
             bus: base.bus.clone(),
             auth,
             limiter,
             translator,
-            blobs: attachments::Blobs::local(&dir)?,
+            blobs: attachments::Blobs::open(&config.attachments, &config.data_dir).await?,
             attachments: config.attachments.clone(),
         });
         let max_upload = config.attachments.max_bytes;

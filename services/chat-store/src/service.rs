@@ -3,9 +3,7 @@
 //! the admin monitor channel; typing indicators (ephemeral, push only); per-user
 //! rate limits. HTTP, gRPC and NATS commands all call this.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use serde::Serialize;
 use switchboard_bus::{Bus, event_types};
@@ -19,6 +17,7 @@ use crate::auth::Auth;
 use crate::config::AttachmentsConfig;
 use crate::entity::{attachment, message};
 use crate::error::Error;
+use crate::rate::RateLimiter;
 use crate::store::{Caller, Marked, NewMessage, Receipt, Sent, Store, check_user_id, timestamp};
 use crate::translate::{Translator, check_lang};
 
@@ -43,45 +42,6 @@ pub mod push_types {
     pub const COMPLAINT: &str = "chat.complaint";
 }
 
-/// A token bucket per user.
-#[derive(Debug)]
-pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    /// `per_minute` sustained, `burst` at once.
-    pub fn new(per_minute: u32, burst: u32) -> Self {
-        Self {
-            per_second: f64::from(per_minute) / 60.0,
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `user`, or refuses.
-    pub fn check(&self, user: &str) -> Result<(), Error> {
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        if buckets.len() > 100_000 {
-            let full_after = self.burst / self.per_second.max(f64::MIN_POSITIVE);
-            buckets.retain(|_, (_, at)| now.duration_since(*at).as_secs_f64() < full_after);
-        }
-        let (tokens, at) = buckets.entry(user.to_owned()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens < 1.0 {
-            return Err(Error::ResourceExhausted("too many requests; slow down".into()));
-        }
-        *tokens -= 1.0;
-        Ok(())
-    }
-}
-
 /// What a [`Chat`] is made of.
 #[derive(Debug)]
 pub struct Parts {
@@ -92,7 +52,7 @@ pub struct Parts {
     /// The authenticator.
     pub auth: Auth,
     /// Per-user rate limits.
-    pub limiter: RateLimiter,
+    pub limiter: Arc<RateLimiter>,
     /// The translator, when configured.
     pub translator: Option<Translator>,
     /// Where attachments are kept.
@@ -112,7 +72,7 @@ struct Inner {
     store: Store,
     bus: Bus,
     auth: Auth,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
     translator: Option<Translator>,
     blobs: Blobs,
     attachments: AttachmentsConfig,
@@ -432,19 +392,4 @@ fn push_body<T: Serialize>(push_type: &str, data: &T) -> Result<Push, Error> {
         data: Some(value),
         id: String::new(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bucket_refuses_after_the_burst() {
-        let limiter = RateLimiter::new(1, 3);
-        for _ in 0..3 {
-            limiter.check("a").expect("within burst");
-        }
-        assert!(matches!(limiter.check("a"), Err(Error::ResourceExhausted(_))));
-        limiter.check("b").expect("another user has their own bucket");
-    }
 }

@@ -1,11 +1,12 @@
-//! Faults under chat-store, each against real parts: its own PostgreSQL cluster
-//! (crashed and restarted under the running service) and nats-server; and a graceful
-//! shutdown with sends in flight.
+//! Faults and scale-out under chat-store, each against real parts: its own PostgreSQL
+//! cluster (crashed and restarted under the running service) and nats-server; a
+//! graceful shutdown with sends in flight; two replicas sharing one user's rate limit.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chat_store::{App, Config, Store};
+use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard_bus::Secret;
@@ -36,6 +37,11 @@ struct Running {
 }
 
 async fn start(nats: &NatsServer, database_url: &str) -> Running {
+    start_with(nats, database_url, |_| {}).await
+}
+
+/// [`start`] with `configure` applied last.
+async fn start_with(nats: &NatsServer, database_url: &str, configure: impl FnOnce(&mut Config)) -> Running {
     let data = tempfile::tempdir().expect("data dir");
     let mut config = Config {
         data_dir: data.path().to_owned(),
@@ -48,6 +54,7 @@ async fn start(nats: &NatsServer, database_url: &str) -> Running {
     config.auth.jwt_secret = Secret::new(SECRET);
     config.chat.rate_per_minute = 100_000;
     config.chat.rate_burst = 100_000;
+    configure(&mut config);
     let shutdown = CancellationToken::new();
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let base = format!("http://{}", app.http_addr());
@@ -372,4 +379,61 @@ async fn graceful_shutdown_finishes_sends_in_flight_and_refuses_the_rest_clearly
         "graceful shutdown: {} sends acknowledged and stored, {failed} refused",
         acked.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_users_rate_limit() {
+    let nats = NatsServer::start().expect("nats-server");
+    let data = tempfile::tempdir().expect("database dir");
+    let database = format!("sqlite://{}?mode=rwc", data.path().join("chat.db").display());
+    // 6 a minute refills 0.1 a second: nothing refills within the test's waits.
+    let limits = |config: &mut Config| {
+        config.chat.rate_per_minute = 6;
+        config.chat.rate_burst = 4;
+    };
+    let first = start_with(&nats, &database, limits).await;
+    let second = start_with(&nats, &database, limits).await;
+    let http = reqwest::Client::new();
+    let observer = async_nats::connect(nats.url()).await.expect("nats client");
+    let mut reports = observer.subscribe("sb.cmd.chat.rate.spent").await.expect("subscribe");
+
+    for n in 0..4 {
+        match send(&http, &first.base, n).await {
+            Outcome::Answered(StatusCode::CREATED, _, _) => {}
+            other => panic!("send {n} within the burst: {other:?}"),
+        }
+    }
+    match send(&http, &first.base, 4).await {
+        Outcome::Answered(StatusCode::TOO_MANY_REQUESTS, _, _) => {}
+        other => panic!("the fifth send on the same replica: {other:?}"),
+    }
+    // The first replica's reports (one per interval) reach the second and this observer.
+    let mut reported = 0;
+    while reported < 4 {
+        let report = tokio::time::timeout(Duration::from_secs(10), reports.next())
+            .await
+            .expect("rate reports within 10 s")
+            .expect("subscription open");
+        let report: Value = serde_json::from_slice(&report.payload).expect("JSON");
+        reported += report["spent"]["alice"].as_u64().expect("alice's spending");
+    }
+    assert_eq!(reported, 4, "the refused send is not spending");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match send(&http, &second.base, 5).await {
+        Outcome::Answered(StatusCode::TOO_MANY_REQUESTS, body, _) => {
+            assert_eq!(body["code"], "ERROR_CODE_RESOURCE_EXHAUSTED", "{body}");
+        }
+        other => panic!("alice's budget is spent on the other replica too: {other:?}"),
+    }
+    // Another user's budget is their own.
+    let sent = http
+        .post(format!("{}/api/v1/messages", second.base))
+        .bearer_auth(token("bob"))
+        .json(&json!({ "to": "alice", "text": "hi", "clientId": "b-1" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    first.shutdown.cancel();
+    second.shutdown.cancel();
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard_bus::{CloudEvent, Secret};
-use switchboard_test_support::NatsServer;
+use switchboard_test_support::{NatsServer, S3Server};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "test-secret";
@@ -654,7 +654,29 @@ fn crc32(data: &[u8]) -> u32 {
 }
 
 async fn images_are_decoded_reencoded_and_served_to_participants_only(backend: Backend) {
-    let app = start(backend, |c| c.attachments.max_bytes = 200_000).await;
+    images_are_stored_in(backend, None).await;
+}
+
+/// The attachment round trip with files in the local dir, or in `s3`'s bucket under
+/// the prefix `uploads`.
+async fn images_are_stored_in(backend: Backend, s3: Option<&S3Server>) {
+    let app = start(backend, |c| {
+        c.attachments.max_bytes = 200_000;
+        if let Some(s3) = s3 {
+            c.attachments.url = format!("s3://{}/uploads", s3.bucket);
+            c.attachments.s3.endpoint = s3.endpoint();
+            c.attachments.s3.allow_http = true;
+            c.attachments.s3.access_key_id = s3.access_key_id.clone();
+            c.attachments.s3.secret_access_key = Secret::new(s3.secret_access_key.clone());
+        }
+    })
+    .await;
+    let stored_files = || match s3 {
+        Some(s3) => s3.objects("uploads").len(),
+        None => std::fs::read_dir(app._data.path().join("attachments"))
+            .expect("attachments dir")
+            .count(),
+    };
     let upload = |user: &str, body: Vec<u8>| {
         app.http
             .post(format!("{}/api/v1/attachments", app.base))
@@ -666,6 +688,7 @@ async fn images_are_decoded_reencoded_and_served_to_participants_only(backend: B
     assert!(image::load_from_memory(&original).is_ok(), "the crafted PNG is valid");
     let response = upload("alice", original).await.expect("upload");
     assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(stored_files(), 2, "the image and its thumbnail");
     let attachment: Value = response.json().await.expect("json");
     assert_eq!(attachment["contentType"], "image/png");
     assert_eq!(attachment["width"], 600);
@@ -750,15 +773,49 @@ async fn images_are_decoded_reencoded_and_served_to_participants_only(backend: B
         .await
         .expect("json");
     assert_eq!(erased["attachmentsErased"], "1");
-    let files = std::fs::read_dir(app._data.path().join("attachments"))
-        .expect("dir")
-        .count();
-    assert_eq!(files, 0, "blobs deleted");
+    assert_eq!(stored_files(), 0, "blobs deleted");
 }
 both!(
     attachments,
     images_are_decoded_reencoded_and_served_to_participants_only
 );
+
+#[tokio::test]
+async fn attachments_go_to_an_s3_bucket_when_configured() {
+    let s3 = S3Server::start().expect("s3s-fs");
+    images_are_stored_in(Backend::Sqlite, Some(&s3)).await;
+    let files = std::fs::read_dir(s3.bucket_dir()).expect("bucket dir").count();
+    assert_eq!(files, 1, "everything under the one prefix");
+}
+
+#[tokio::test]
+async fn a_wrong_s3_secret_stops_the_start_with_the_cause_and_without_the_secret() {
+    let s3 = S3Server::start().expect("s3s-fs");
+    let nats = NatsServer::start().expect("nats-server");
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = Config {
+        data_dir: data.path().to_owned(),
+        ..Config::default()
+    };
+    config.nats.url = nats.url();
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
+    config.attachments.url = format!("s3://{}", s3.bucket);
+    config.attachments.s3.endpoint = s3.endpoint();
+    config.attachments.s3.allow_http = true;
+    config.attachments.s3.access_key_id = s3.access_key_id.clone();
+    config.attachments.s3.secret_access_key = Secret::new("not-the-secret-5f2c");
+    let error = match App::build(config, CancellationToken::new()).await {
+        Ok(_) => panic!("a wrong secret is refused at start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("attachments.url s3://chat"), "{error}");
+    assert!(error.contains("cannot be listed"), "{error}");
+    assert!(
+        !error.contains("not-the-secret-5f2c"),
+        "the secret never shows: {error}"
+    );
+}
 
 #[tokio::test]
 async fn widget_and_admin_pages_are_served_with_a_strict_policy() {
