@@ -255,6 +255,69 @@ impl Bus {
     }
 }
 
+/// Broadcasts: a message every replica of a service acts on (no queue group, no
+/// reply), such as ws-push's `sb.cmd.push.disconnect`. Core NATS: a replica that is
+/// down misses it, which is why only state that heals by itself travels this way.
+impl Bus {
+    /// Publishes `body` as JSON on `subject` to every listener, and flushes.
+    pub async fn broadcast<T: Serialize>(&self, subject: String, body: &T) -> Result<(), BusError> {
+        let payload = serde_json::to_vec(body).map_err(|e| BusError::Publish {
+            subject: subject.clone(),
+            reason: e.to_string(),
+        })?;
+        let client = &self.inner.client;
+        client
+            .publish(subject.clone(), payload.into())
+            .await
+            .map_err(|e| BusError::Publish {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })?;
+        client.flush().await.map_err(|e| BusError::Publish {
+            subject,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Calls `handle` with each broadcast on `subject` decoded as `T`, in order, until
+    /// `shutdown`; a message that does not decode is logged and skipped.
+    pub async fn on_broadcast<T, F>(
+        &self,
+        subject: String,
+        shutdown: CancellationToken,
+        handle: F,
+    ) -> Result<tokio::task::JoinHandle<()>, BusError>
+    where
+        T: DeserializeOwned,
+        F: Fn(T) + Send + 'static,
+    {
+        let mut subscriber = self
+            .inner
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| BusError::Subscribe {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    message = subscriber.next() => match message {
+                        Some(message) => message,
+                        None => return,
+                    },
+                };
+                match serde_json::from_slice::<T>(&message.payload) {
+                    Ok(body) => handle(body),
+                    Err(e) => tracing::debug!(%subject, error = %e, "broadcast that does not decode ignored"),
+                }
+            }
+        }))
+    }
+}
+
 fn encode_error(error: &ErrorBody) -> Vec<u8> {
     serde_json::to_vec(error).unwrap_or_else(|_| br#"{"code":"ERROR_CODE_INTERNAL"}"#.to_vec())
 }

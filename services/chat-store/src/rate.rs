@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use switchboard_bus::{Bus, BusError};
 use switchboard_proto::chat::v1::RateSpent;
 use tokio_util::sync::CancellationToken;
@@ -115,31 +114,11 @@ impl RateLimiter {
     /// replicas' reports, until `shutdown`.
     pub async fn share(self: Arc<Self>, bus: Bus, shutdown: CancellationToken) -> Result<(), BusError> {
         let subject = bus.subjects().chat_rate_spent();
-        let mut reports = bus
-            .client()
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| BusError::Subscribe {
-                subject: subject.clone(),
-                reason: e.to_string(),
-            })?;
         let limiter = self.clone();
-        let receive_stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = receive_stop.cancelled() => return,
-                    message = reports.next() => match message {
-                        Some(message) => message,
-                        None => return,
-                    },
-                };
-                match serde_json::from_slice::<RateSpent>(&message.payload) {
-                    Ok(report) => limiter.apply(&report),
-                    Err(e) => tracing::debug!(error = %e, "bad rate report ignored"),
-                }
-            }
-        });
+        bus.on_broadcast(subject.clone(), shutdown.clone(), move |report: RateSpent| {
+            limiter.apply(&report);
+        })
+        .await?;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SHARE_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -148,19 +127,11 @@ impl RateLimiter {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let Some(report) = self.drain_report() else {
-                    continue;
-                };
-                let payload = match serde_json::to_vec(&report) {
-                    Ok(payload) => payload,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rate report not encoded");
-                        continue;
+                if let Some(report) = self.drain_report() {
+                    // A lost report only loosens the limit for one interval: no retry.
+                    if let Err(e) = bus.broadcast(subject.clone(), &report).await {
+                        tracing::debug!(error = %e, "rate report not sent");
                     }
-                };
-                // Lost reports only loosen the limit for one interval: no retry.
-                if let Err(e) = bus.client().publish(subject.clone(), payload.into()).await {
-                    tracing::debug!(error = %e, "rate report not sent");
                 }
             }
         });

@@ -19,7 +19,6 @@ pub mod protocol;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use switchboard_bus::{BusError, Command};
 use switchboard_proto::push::v1::{DisconnectRequest, PresenceRequest};
 use switchboard_runtime::{Base, Endpoints, RuntimeError};
@@ -139,35 +138,16 @@ impl App {
         )
         .await?;
 
-        let subject = bus.subjects().push_disconnect();
-        let mut disconnects = bus
-            .client()
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| BusError::Subscribe {
-                subject,
-                reason: e.to_string(),
-            })?;
         let disconnect_node = node.clone();
-        let disconnect_stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = disconnect_stop.cancelled() => return,
-                    message = disconnects.next() => match message {
-                        Some(message) => message,
-                        None => return,
-                    },
-                };
-                match serde_json::from_slice::<DisconnectRequest>(&message.payload) {
-                    Ok(request) => {
-                        let closed = disconnect_node.disconnect_local(&request);
-                        tracing::info!(closed, "user disconnected by the API");
-                    }
-                    Err(e) => tracing::debug!(error = %e, "bad disconnect broadcast ignored"),
-                }
-            }
-        });
+        bus.on_broadcast(
+            bus.subjects().push_disconnect(),
+            shutdown.clone(),
+            move |request: DisconnectRequest| {
+                let closed = disconnect_node.disconnect_local(&request);
+                tracing::info!(closed, "user disconnected by the API");
+            },
+        )
+        .await?;
 
         let probe = node.clone();
         base.health.add("push", move || {

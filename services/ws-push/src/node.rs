@@ -218,15 +218,8 @@ impl Node {
             return Err(ApiError::Invalid("user is required".into()));
         }
         let counted = self.presence.user(&request.user).connections;
-        let payload = serde_json::to_vec(&request).map_err(|e| ApiError::Invalid(e.to_string()))?;
         self.bus
-            .client()
-            .publish(self.bus.subjects().push_disconnect(), payload.into())
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        self.bus
-            .client()
-            .flush()
+            .broadcast(self.bus.subjects().push_disconnect(), &request)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok(DisconnectReply {

@@ -29,6 +29,10 @@ struct Args {
     /// Messages per transaction in the batched run.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Concurrent writers in the batched run, each sending whole batches (several
+    /// chat-store replicas or request handlers; on SQLite they take turns).
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
     /// Messages sent one by one (one transaction each).
     #[arg(long, default_value_t = 2_000)]
     single: u64,
@@ -97,9 +101,10 @@ async fn main() -> anyhow::Result<()> {
         (format!("u{}", i % users), format!("u{}", (i * 7 + 1) % users))
     };
 
-    // Batched sends: each message checked (idempotency, blocks) inside one transaction per batch.
+    // Batched sends: each message checked (idempotency, blocks) inside one transaction
+    // per batch; the batches are made before the clock starts and dealt to the writers.
+    let mut batches: Vec<Vec<Vec<(Caller, NewMessage)>>> = (0..args.writers.max(1)).map(|_| Vec::new()).collect();
     let mut sent = 0u64;
-    let started = Instant::now();
     while sent < args.send {
         let n = (args.send - sent).min(args.batch as u64);
         let batch = (0..n)
@@ -116,8 +121,25 @@ async fn main() -> anyhow::Result<()> {
                 )
             })
             .collect();
-        store.send_many(batch).await?;
+        let writer = (sent / args.batch.max(1) as u64) as usize % batches.len();
+        batches[writer].push(batch);
         sent += n;
+    }
+    let started = Instant::now();
+    let writers: Vec<_> = batches
+        .into_iter()
+        .map(|own| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for batch in own {
+                    store.send_many(batch).await?;
+                }
+                Ok::<(), chat_store::Error>(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await??;
     }
     let batched = started.elapsed();
 
@@ -166,8 +188,8 @@ async fn main() -> anyhow::Result<()> {
 
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(f64::MIN_POSITIVE);
     println!(
-        "| backend | stored | seed | batched send ({} per txn) | single send | history p50 | history p99 | pages |",
-        args.batch
+        "| backend | stored | seed | batched send ({} per txn, {} writers) | single send | history p50 | history p99 | pages |",
+        args.batch, args.writers
     );
     println!("|---|---|---|---|---|---|---|---|");
     println!(
