@@ -68,7 +68,7 @@ sqlite_db="$out/chat-bench.db"
 rm -f "$sqlite_db"
 run chat-store-sqlite "$target/release/chat-bench" --database "sqlite://$sqlite_db?mode=rwc" "${CHAT_ARGS[@]}"
 if psql -h 127.0.0.1 -U postgres -q -c 'DROP DATABASE IF EXISTS chat_bench' -c 'CREATE DATABASE chat_bench' >/dev/null 2>&1; then
-    run chat-store-postgres "$target/release/chat-bench" --database postgres://postgres@127.0.0.1:5432/chat_bench "${CHAT_ARGS[@]}"
+    run chat-store-postgres "$target/release/chat-bench" --database postgres://postgres@127.0.0.1:5432/chat_bench "${CHAT_ARGS[@]}" --writers 4
 else
     echo "**not run**: no PostgreSQL at postgres@127.0.0.1:5432" >"$out/chat-store-postgres.md"
 fi
