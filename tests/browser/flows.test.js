@@ -17,60 +17,21 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, writeFileSync } from "node:fs";
-import { createServer, connect } from "node:net";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { CHROMIUM, binary as bin, freePort, jwt, portOpen, ready, sleep, startNats, waitFor } from "./support.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "../..");
-const target = process.env.CARGO_TARGET_DIR || join(process.env.HOME || "/root", ".cache/switchboard/target");
-const bin = (name) => join(target, "debug", name);
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SECRET = "browser-flows-secret";
 const SITE_KEY = "browser-flows-site-key";
 const ARTIFACTS = join(here, "artifacts");
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
-
-function portOpen(port) {
-  return new Promise((resolve) => {
-    const socket = connect(port, "127.0.0.1", () => { socket.end(); resolve(true); });
-    socket.on("error", () => resolve(false));
-  });
-}
-
-async function waitFor(what, check, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check().catch(() => undefined);
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-function jwt(claims) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
-}
-
-const token = (sub, extra = {}) => jwt({ sub, exp: Math.floor(Date.now() / 1000) + 600, ...extra });
+const token = (sub, extra = {}) => jwt(SECRET, { sub, exp: Math.floor(Date.now() / 1000) + 600, ...extra });
 
 // Everything the flows need, started once for the file.
 const stack = { children: [], work: mkdtempSync(join(tmpdir(), "sb-browser-flows-")) };
@@ -91,13 +52,10 @@ before(async () => {
   for (const name of ["ami-sim", "ami-bridge", "hook-runner", "ws-push"]) {
     assert.ok(existsSync(bin(name)), `build ${name} first (${bin(name)}): cargo build --workspace --bins`);
   }
-  const natsPort = await freePort();
-  spawnNats(natsPort);
-  await waitFor("nats-server", () => portOpen(natsPort));
-  const nats = { SB_NATS__URL: `nats://127.0.0.1:${natsPort}`, SB_GRPC__LISTEN: "127.0.0.1:0" };
+  const natsServer = await startNats(stack.work);
+  stack.children.push(natsServer.child);
+  const nats = { SB_NATS__URL: natsServer.url, SB_GRPC__LISTEN: "127.0.0.1:0" };
   const http = async () => `127.0.0.1:${await freePort()}`;
-  const ready = (name, address) =>
-    waitFor(`${name} ready`, async () => (await fetch(`http://${address}/readyz`)).ok, 60000);
 
   stack.amiPort = await freePort();
   start("ami-sim", ["--listen", `127.0.0.1:${stack.amiPort}`]);
@@ -122,9 +80,9 @@ before(async () => {
     SB_AUTH__JWT_SECRET: SECRET,
     SB_API__KEYS: `["${SITE_KEY}"]`,
   });
-  await ready("ws-push", `127.0.0.1:${stack.pushPort}`);
-  await ready("ami-bridge", amiHttp);
-  await ready("hook-runner", hookHttp);
+  await ready(`127.0.0.1:${stack.pushPort}`);
+  await ready(amiHttp);
+  await ready(hookHttp);
   stack.browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
 });
 
@@ -132,12 +90,6 @@ after(async () => {
   if (stack.browser) await stack.browser.close();
   for (const child of stack.children) child.kill("SIGKILL");
 });
-
-function spawnNats(port) {
-  const store = join(stack.work, "nats");
-  const child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", store], { stdio: "ignore" });
-  stack.children.push(child);
-}
 
 // Speaks AMI to the simulator as a second manager: logs in and places the call
 // `originate` (the simulator's events reach ami-bridge's session too); resolves with

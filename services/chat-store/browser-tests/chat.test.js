@@ -16,20 +16,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
 import { mkdtempSync, mkdirSync, existsSync, openSync } from "node:fs";
 import { createServer as createHttpServer } from "node:http";
-import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { CHROMIUM, binary, freePort, jwt as signed, ready as readyAt, startNats, waitFor, watchedPage } from "../../../tests/browser/support.mjs";
 
 const SECRET = "chat-browser-test-secret";
-const target = process.env.CARGO_TARGET_DIR || join(process.env.HOME || "/root", ".cache/switchboard/target");
-const WS_PUSH = process.env.WS_PUSH_BIN || join(target, "debug/ws-push");
-const CHAT_STORE = process.env.CHAT_STORE_BIN || join(target, "debug/chat-store");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WS_PUSH = process.env.WS_PUSH_BIN || binary("ws-push");
+const CHAT_STORE = process.env.CHAT_STORE_BIN || binary("chat-store");
 const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), "artifacts");
 const XSS = "<img src=x onerror=alert(1)>";
 const USERS = {
@@ -39,34 +36,7 @@ const USERS = {
   1: { user_id: 1, name: "Site Admin", login: "admin" },
 };
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
-
-async function waitFor(what, check, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check().catch(() => undefined);
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-function jwt(claims) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
-}
+const jwt = (claims) => signed(SECRET, claims);
 
 const exp = () => Math.floor(Date.now() / 1000) + 3600;
 const tokens = {
@@ -124,18 +94,7 @@ function spawnService(bin, env) {
   return spawn(bin, [], { env: { ...process.env, SB_LOG__LEVEL: "info", NO_COLOR: "1", ...env }, stdio: ["ignore", log, log] });
 }
 
-async function ready(port) {
-  await waitFor(`a service on ${port}`, async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).ok, 60000);
-}
-
-// A page that records every JS dialog (alert/confirm), page error and CSP violation.
-async function watchedPage(context, problems) {
-  const page = await context.newPage();
-  page.on("dialog", (d) => { problems.push(`dialog: ${d.message()}`); d.dismiss().catch(() => {}); });
-  page.on("pageerror", (e) => problems.push(`page error: ${e}`));
-  page.on("console", (m) => { if (m.type() === "error" && /Content Security Policy|Refused/.test(m.text())) problems.push(`console: ${m.text()}`); });
-  return page;
-}
+const ready = (port) => readyAt(`127.0.0.1:${port}`);
 
 async function signIn(page, base, token, lang) {
   await page.goto(`${base}/widget/demo.html`);
@@ -153,15 +112,10 @@ test("two users chat in the widget; the admin console watches live", { timeout: 
   mkdirSync(ARTIFACTS, { recursive: true });
 
   // --- the stack ---------------------------------------------------------------------
-  const natsPort = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "chat-browser-"));
-  const nats = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(natsPort), "-js", "-sd", join(dir, "nats")], { stdio: "ignore" });
-  t.after(() => nats.kill("SIGKILL"));
-  await waitFor("nats-server", () => new Promise((resolve) => {
-    const socket = connect(natsPort, "127.0.0.1", () => { socket.end(); resolve(true); });
-    socket.on("error", () => resolve(false));
-  }));
-  const natsUrl = `nats://127.0.0.1:${natsPort}`;
+  const nats = await startNats(dir);
+  t.after(() => nats.child.kill("SIGKILL"));
+  const natsUrl = nats.url;
   const site = await startSite();
   t.after(() => site.server.close());
 

@@ -8,47 +8,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
 import { mkdtempSync, existsSync } from "node:fs";
-import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { CHROMIUM, binary, freePort, jwt as signed, ready as readyAt, sleep, startNats, waitFor } from "../../../tests/browser/support.mjs";
 
 const SECRET = "browser-test-secret";
 const API_KEY = "browser-test-key";
-const target = process.env.CARGO_TARGET_DIR || join(process.env.HOME || "/root", ".cache/switchboard/target-ws-push");
-const WS_PUSH = process.env.WS_PUSH_BIN || join(target, "debug/ws-push");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
-
-async function waitFor(what, check, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check().catch(() => undefined);
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-function jwt(claims) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
-}
+const WS_PUSH = process.env.WS_PUSH_BIN || binary("ws-push");
+const jwt = (claims) => signed(SECRET, claims);
 
 function startWsPush(natsUrl, httpPort) {
   const child = spawn(WS_PUSH, [], {
@@ -65,9 +34,7 @@ function startWsPush(natsUrl, httpPort) {
   return child;
 }
 
-async function ready(port) {
-  await waitFor(`ws-push on ${port}`, async () => (await fetch(`http://127.0.0.1:${port}/readyz`)).ok);
-}
+const ready = (port) => readyAt(`127.0.0.1:${port}`);
 
 async function publish(port, user, type, data) {
   const response = await fetch(`http://127.0.0.1:${port}/api/v1/publish`, {
@@ -81,15 +48,9 @@ async function publish(port, user, type, data) {
 
 test("the demo page receives pushes and survives a server restart without loss", { timeout: 120000 }, async (t) => {
   assert.ok(existsSync(WS_PUSH), `build ws-push first (${WS_PUSH})`);
-  const natsPort = await freePort();
-  const store = mkdtempSync(join(tmpdir(), "ws-push-browser-"));
-  const nats = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(natsPort), "-js", "-sd", store], { stdio: "ignore" });
-  t.after(() => nats.kill("SIGKILL"));
-  const natsUrl = `nats://127.0.0.1:${natsPort}`;
-  await waitFor("nats-server", () => new Promise((resolve) => {
-    const socket = connect(natsPort, "127.0.0.1", () => { socket.end(); resolve(true); });
-    socket.on("error", () => resolve(false));
-  }));
+  const nats = await startNats(mkdtempSync(join(tmpdir(), "ws-push-browser-")));
+  t.after(() => nats.child.kill("SIGKILL"));
+  const natsUrl = nats.url;
 
   // Node A serves the page; node B stays up to publish while A is down.
   const portA = await freePort();
