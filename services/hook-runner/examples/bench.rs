@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use bytes::Bytes;
 use futures::StreamExt;
 use hook_runner::render::RenderedExec;
 use hook_runner::rules::load_files;
@@ -229,7 +229,10 @@ async fn bench_ceilings(bus: &Bus, stream: &async_nats::jetstream::stream::Strea
                 let js = bus.jetstream().clone();
                 let result = result.clone();
                 tokio::spawn(async move {
-                    let push = js.publish("sb.push.user.bare", message.payload.clone()).await.expect("push");
+                    let push = js
+                        .publish("sb.push.user.bare", message.payload.clone())
+                        .await
+                        .expect("push");
                     let report = js.publish("sb.evt.hook.bare.succeeded", result).await.expect("result");
                     if push.await.is_ok() && report.await.is_ok() {
                         let _ = message.ack().await;
@@ -248,7 +251,6 @@ async fn bench_ceilings(bus: &Bus, stream: &async_nats::jetstream::stream::Strea
         &format!("{got}/{n} events; the engine's bus work per event, nothing else"),
     );
 }
-
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();

@@ -482,7 +482,15 @@ impl Engine {
         concurrency: usize,
         stop: CancellationToken,
     ) {
-        let mut messages = match consumer.messages().await {
+        // One pull asks for the whole window (the server delivers at most
+        // `max_ack_pending` = the rule's concurrency anyway), not the client's
+        // default batch.
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(concurrency.max(1))
+            .messages()
+            .await
+        {
             Ok(m) => m,
             Err(error) => {
                 tracing::error!(rule, %error, "cannot pull from the rule's consumer");
@@ -554,15 +562,8 @@ impl Engine {
             return;
         };
         let trigger = Trigger::new(message.subject.to_string(), event, attempt);
-        let headers: HashMap<String, String> = message
-            .headers
-            .as_ref()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|(k, v)| v.first().map(|v| (k.to_string(), v.as_str().to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let no_headers = async_nats::HeaderMap::new();
+        let headers = message.headers.as_ref().unwrap_or(&no_headers);
         let disposition = self.process(&set, &rule, &trigger, Some(headers)).await;
         let acked = match disposition {
             Disposition::Ack | Disposition::Dead => message.ack().await,
@@ -575,13 +576,16 @@ impl Engine {
 
     /// Matches, throttles, runs and reports one delivery of `trigger` to `rule`.
     /// `headers` (the message's) are kept for the dead letter; without them (a
-    /// triggered run) there is no redelivery.
+    /// triggered run) there is no redelivery. A run whose result event JetStream
+    /// did not store is delivered again, like a failed one: the result is part of
+    /// the run's effect (the action publishes keep their ids, so JetStream drops
+    /// their repeats).
     pub async fn process(
         &self,
         set: &RuleSet,
         rule: &Arc<Rule>,
         trigger: &Trigger,
-        headers: Option<HashMap<String, String>>,
+        headers: Option<&async_nats::HeaderMap>,
     ) -> Disposition {
         if trigger.depth >= self.settings.max_depth {
             tracing::warn!(rule = %rule.name, depth = trigger.depth, event = %trigger.event.id, "depth limit reached; not running (loop?)");
@@ -600,8 +604,7 @@ impl Engine {
         }
         self.with_stats(&rule.name, |s| s.matched += 1);
         metrics::counter!("hook_matched_total", "rule" => rule.name.clone()).increment(1);
-        let base = trigger.template_context(&rule.name);
-        if !self.admit(set, rule, &base).await {
+        if !self.admit(set, rule, trigger).await {
             if self.shutdown.is_cancelled() {
                 // Cut short by shutdown (debounce): another replica gets it.
                 return Disposition::Retry(Duration::ZERO);
@@ -610,10 +613,19 @@ impl Engine {
             metrics::counter!("hook_skipped_total", "rule" => rule.name.clone(), "reason" => "throttle").increment(1);
             return Disposition::Ack;
         }
-        let result = self.run_and_report(set, rule, trigger).await;
+        let (result, reported) = self.run_and_report(set, rule, trigger).await;
         let last = headers.is_none() || trigger.attempt >= rule.retry.attempts;
+        let backoff = actions::http::backoff(
+            rule.retry.backoff,
+            rule.retry.max_backoff,
+            trigger.attempt.saturating_sub(1),
+        );
         if result.success {
-            return Disposition::Ack;
+            if reported || headers.is_none() {
+                return Disposition::Ack;
+            }
+            tracing::warn!(rule = %rule.name, event = %trigger.event.id, "the run's result was not stored; the event will run again");
+            return Disposition::Retry(backoff);
         }
         match headers {
             Some(headers) if last => {
@@ -622,11 +634,7 @@ impl Engine {
                 metrics::counter!("hook_dead_letters_total", "rule" => rule.name.clone()).increment(1);
                 Disposition::Dead
             }
-            Some(_) => Disposition::Retry(actions::http::backoff(
-                rule.retry.backoff,
-                rule.retry.max_backoff,
-                trigger.attempt.saturating_sub(1),
-            )),
+            Some(_) => Disposition::Retry(backoff),
             None => Disposition::Ack,
         }
     }
@@ -635,10 +643,11 @@ impl Engine {
     /// redelivery; the result is published and logged like any run.
     pub async fn trigger(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> RunResult {
         self.with_stats(&rule.name, |s| s.matched += 1);
-        self.run_and_report(set, rule, trigger).await
+        self.run_and_report(set, rule, trigger).await.0
     }
 
-    async fn run_and_report(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> RunResult {
+    /// Runs, counts and publishes the result; true when JetStream stored it.
+    async fn run_and_report(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> (RunResult, bool) {
         let result = self.run(set, rule, trigger).await;
         // Counted and logged before the result event goes out, so whoever sees the
         // event also sees the run in ListRules and GetRuns.
@@ -659,13 +668,16 @@ impl Engine {
         metrics::counter!("hook_runs_total", "rule" => rule.name.clone(), "outcome" => outcome).increment(1);
         metrics::histogram!("hook_run_duration_seconds", "rule" => rule.name.clone())
             .record(Duration::from_millis(result.duration_ms).as_secs_f64());
-        self.report(&result, trigger).await;
-        result
+        let reported = self.report(&result, trigger).await;
+        (result, reported)
     }
 
     /// Throttle and debounce: true when this event may run now.
-    async fn admit(&self, set: &RuleSet, rule: &Rule, base: &Map<String, Value>) -> bool {
-        let ctx = minijinja::Value::from(minijinja::value::Serde(Value::Object(base.clone())));
+    async fn admit(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> bool {
+        if rule.throttle.is_none() && rule.debounce.is_none() {
+            return true;
+        }
+        let ctx = trigger.template_context(&rule.name);
         if let Some(throttle) = &rule.throttle {
             let key = match set.templates.render(&throttle.key, &ctx, "throttle.key") {
                 Ok(k) => format!("t\0{}\0{k}", rule.name),
@@ -780,7 +792,7 @@ impl Engine {
         set: &RuleSet,
         rule: &Rule,
         trigger: &Trigger,
-        base: &Map<String, Value>,
+        base: &minijinja::Value,
         context: &Value,
         results: &mut Vec<ActionResult>,
     ) -> bool {
@@ -836,7 +848,7 @@ impl Engine {
         set: &RuleSet,
         rule: &Rule,
         trigger: &Trigger,
-        base: &Map<String, Value>,
+        base: &minijinja::Value,
         context: &Value,
         steps: &Map<String, Value>,
         action: &Action,
@@ -871,8 +883,8 @@ impl Engine {
         }
     }
 
-    /// Publishes the run's result.
-    async fn report(&self, result: &RunResult, trigger: &Trigger) {
+    /// Publishes the run's result; true when JetStream stored it.
+    async fn report(&self, result: &RunResult, trigger: &Trigger) -> bool {
         let outcome = if result.success { "succeeded" } else { "failed" };
         let subject = self.bus.subjects().hook_result(&result.rule, outcome);
         match self.bus.event(event_types::HOOK_RESULT, result) {
@@ -880,15 +892,23 @@ impl Engine {
                 let event = event
                     .with_subject(result.rule.clone())
                     .with_extension(DEPTH_EXTENSION, (trigger.depth + 1).to_string());
-                if let Err(error) = self.bus.publish(subject, &event).await {
-                    tracing::warn!(rule = %result.rule, %error, "cannot publish the run's result");
+                match self.bus.publish(subject, &event).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        tracing::warn!(rule = %result.rule, %error, "cannot publish the run's result");
+                        false
+                    }
                 }
             }
-            Err(error) => tracing::warn!(rule = %result.rule, %error, "cannot encode the run's result"),
+            Err(error) => {
+                // Encoding fails the same way every time: running again would not help.
+                tracing::warn!(rule = %result.rule, %error, "cannot encode the run's result");
+                true
+            }
         }
     }
 
-    async fn dead_letter(&self, rule: &Rule, trigger: &Trigger, headers: HashMap<String, String>, last: RunResult) {
+    async fn dead_letter(&self, rule: &Rule, trigger: &Trigger, headers: &async_nats::HeaderMap, last: RunResult) {
         let last_error = last
             .actions
             .iter()
@@ -900,7 +920,10 @@ impl Engine {
             rule: rule.name.clone(),
             event_id: trigger.event.id.clone(),
             event_subject: trigger.subject.clone(),
-            event_headers: headers,
+            event_headers: headers
+                .iter()
+                .filter_map(|(k, v)| v.first().map(|v| (k.to_string(), v.as_str().to_owned())))
+                .collect(),
             event_data: serde_json::from_value(trigger.data.clone()).ok(),
             attempts: trigger.attempt,
             last_error,
