@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{AckKind, kv};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -165,6 +165,8 @@ pub struct Engine {
     failed_fingerprint: Mutex<Option<u64>>,
     stats: Mutex<HashMap<String, RuleStats>>,
     keys: Mutex<HashMap<String, KeyState>>,
+    /// The throttle and debounce KV buckets made so far, by kind (`HOOK_THROTTLE_<ms>`).
+    shared: tokio::sync::Mutex<HashMap<String, kv::Store>>,
     consumers: tokio::sync::Mutex<HashMap<String, Running>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -185,6 +187,35 @@ enum KeyState {
 }
 
 const KEYS_KEPT: usize = 100_000;
+
+/// How much longer than the debounce wait a debounce entry is kept: long enough for
+/// the slowest replica to check it after its own wait.
+const DEBOUNCE_SLACK: Duration = Duration::from_secs(60);
+
+/// The shortest age JetStream keeps entries for: a throttle window under it is
+/// shared as this long (each replica still applies the exact window to its own runs).
+const MIN_SHARED_AGE: Duration = Duration::from_millis(100);
+
+/// The bucket kind of throttle windows of `per` (one bucket per window: a bucket has
+/// one max age): `HOOK_THROTTLE_<ms>`.
+fn throttle_bucket(per: Duration) -> String {
+    format!("HOOK_THROTTLE_{}", millis(per))
+}
+
+/// The bucket kind of debounce waits of `wait`: `HOOK_DEBOUNCE_<ms>`.
+fn debounce_bucket(wait: Duration) -> String {
+    format!("HOOK_DEBOUNCE_{}", millis(wait))
+}
+
+/// The key of `rule`'s state for the rendered key `key` in a shared bucket: the rule's
+/// name (already `[A-Za-z0-9_-]`) and a hash of the key, since rendered keys may hold
+/// any character and any length.
+fn shared_key(rule: &str, key: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{rule}.{hex}")
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -240,6 +271,7 @@ impl Engine {
             failed_fingerprint: Mutex::new(None),
             stats: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            shared: tokio::sync::Mutex::new(HashMap::new()),
             consumers: tokio::sync::Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
@@ -421,6 +453,15 @@ impl Engine {
                     *e = error;
                 }
                 continue;
+            }
+            // The buckets exist before the first event needs them, so a burst's
+            // first events are not slowed (and reordered) by creating them.
+            if let Some(throttle) = &rule.throttle {
+                self.shared_bucket(throttle_bucket(throttle.per), throttle.per).await;
+            }
+            if let Some(debounce) = &rule.debounce {
+                self.shared_bucket(debounce_bucket(debounce.wait), debounce.wait + DEBOUNCE_SLACK)
+                    .await;
             }
             let config = self.consumer_config(rule);
             let signature = format!("{config:?}");
@@ -672,7 +713,9 @@ impl Engine {
         (result, reported)
     }
 
-    /// Throttle and debounce: true when this event may run now.
+    /// Throttle and debounce: true when this event may run now. Both are decided
+    /// across replicas through KV buckets (see [`Engine::throttle`] and
+    /// [`Engine::debounce`]); when NATS cannot answer, this replica's own state decides.
     async fn admit(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> bool {
         if rule.throttle.is_none() && rule.debounce.is_none() {
             return true;
@@ -680,56 +723,149 @@ impl Engine {
         let ctx = trigger.template_context(&rule.name);
         if let Some(throttle) = &rule.throttle {
             let key = match set.templates.render(&throttle.key, &ctx, "throttle.key") {
-                Ok(k) => format!("t\0{}\0{k}", rule.name),
+                Ok(k) => k,
                 Err(error) => {
                     tracing::warn!(rule = %rule.name, %error, "throttle key failed; not running");
                     return false;
                 }
             };
-            let now = Instant::now();
-            let Ok(mut keys) = self.keys.lock() else { return false };
-            if let Some(KeyState::LastRun(last)) = keys.get(&key)
-                && now.duration_since(*last) < throttle.per
-            {
+            if !self.throttle(rule, throttle.per, &key).await {
                 return false;
             }
-            if keys.len() >= KEYS_KEPT {
-                keys.retain(
-                    |_, v| matches!(v, KeyState::LastRun(t) if now.duration_since(*t) < Duration::from_secs(3600)),
-                );
-            }
-            keys.insert(key, KeyState::LastRun(now));
         }
         if let Some(debounce) = &rule.debounce {
             let key = match set.templates.render(&debounce.key, &ctx, "debounce.key") {
-                Ok(k) => format!("d\0{}\0{k}", rule.name),
+                Ok(k) => k,
                 Err(error) => {
                     tracing::warn!(rule = %rule.name, %error, "debounce key failed; not running");
                     return false;
                 }
             };
-            let mine = {
-                let Ok(mut keys) = self.keys.lock() else { return false };
-                let next = match keys.get(&key) {
-                    Some(KeyState::Generation(g)) => g.wrapping_add(1),
-                    _ => 1,
-                };
-                keys.insert(key.clone(), KeyState::Generation(next));
-                next
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(debounce.wait) => {}
-                _ = self.shutdown.cancelled() => return false,
-            }
-            let Ok(mut keys) = self.keys.lock() else { return false };
-            match keys.get(&key) {
-                Some(KeyState::Generation(g)) if *g == mine => {
-                    keys.remove(&key);
-                }
-                _ => return false,
+            if !self.debounce(rule, debounce.wait, &key).await {
+                return false;
             }
         }
         true
+    }
+
+    /// The KV bucket `SB_<kind>` with entries kept for `max_age` (at least
+    /// [`MIN_SHARED_AGE`]), created or checked on first use; `None` (tried again next
+    /// time) when NATS cannot make it.
+    async fn shared_bucket(&self, kind: String, max_age: Duration) -> Option<kv::Store> {
+        let mut buckets = self.shared.lock().await;
+        if let Some(bucket) = buckets.get(&kind) {
+            return Some(bucket.clone());
+        }
+        match self.bus.bucket(&kind, max_age.max(MIN_SHARED_AGE), 1).await {
+            Ok(bucket) => {
+                buckets.insert(kind, bucket.clone());
+                Some(bucket)
+            }
+            Err(error) => {
+                tracing::warn!(bucket = %kind, %error, "cannot make the KV bucket; this replica decides throttle and debounce alone");
+                None
+            }
+        }
+    }
+
+    /// At most one run of `rule` per `key` per `per`, across replicas: the run goes
+    /// ahead only if it creates the key's entry in the bucket `SB_HOOK_THROTTLE_<ms>`,
+    /// whose entries expire after `per` (one bucket per window: a bucket has one max
+    /// age). This replica's own record of its runs is checked first (a repeat it
+    /// fired itself needs no round trip) and decides alone when NATS cannot answer.
+    async fn throttle(&self, rule: &Rule, per: Duration, key: &str) -> bool {
+        let local = format!("t\0{}\0{key}", rule.name);
+        let now = Instant::now();
+        if let Ok(keys) = self.keys.lock()
+            && let Some(KeyState::LastRun(last)) = keys.get(&local)
+            && now.duration_since(*last) < per
+        {
+            return false;
+        }
+        let shared = match self.shared_bucket(throttle_bucket(per), per).await {
+            Some(bucket) => match bucket.create(shared_key(&rule.name, key), bytes::Bytes::new()).await {
+                Ok(_) => true,
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => return false,
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "throttle state not shared (KV); this replica decides alone");
+                    false
+                }
+            },
+            None => false,
+        };
+        let Ok(mut keys) = self.keys.lock() else { return false };
+        // Deciding alone, check again under the lock: another of this replica's
+        // runs of the key may have gone ahead since the first look.
+        if !shared
+            && let Some(KeyState::LastRun(last)) = keys.get(&local)
+            && now.duration_since(*last) < per
+        {
+            return false;
+        }
+        if keys.len() >= KEYS_KEPT {
+            keys.retain(|_, v| matches!(v, KeyState::LastRun(t) if now.duration_since(*t) < Duration::from_secs(3600)));
+        }
+        keys.insert(local, KeyState::LastRun(now));
+        true
+    }
+
+    /// Only the last event of a burst of `key` runs, after `wait` without another,
+    /// across replicas: each event writes the key's entry in `SB_HOOK_DEBOUNCE_<ms>`
+    /// and, after `wait`, runs only if the entry is still the one it wrote (a later
+    /// event, on any replica, wrote a newer revision). This replica's own generation
+    /// counter is kept alongside and decides alone when NATS cannot answer.
+    async fn debounce(&self, rule: &Rule, wait: Duration, key: &str) -> bool {
+        let local = format!("d\0{}\0{key}", rule.name);
+        let mine = {
+            let Ok(mut keys) = self.keys.lock() else { return false };
+            let next = match keys.get(&local) {
+                Some(KeyState::Generation(g)) => g.wrapping_add(1),
+                _ => 1,
+            };
+            keys.insert(local.clone(), KeyState::Generation(next));
+            next
+        };
+        let shared_key = shared_key(&rule.name, key);
+        let bucket = self.shared_bucket(debounce_bucket(wait), wait + DEBOUNCE_SLACK).await;
+        let written = match &bucket {
+            Some(bucket) => match bucket.put(&shared_key, bytes::Bytes::new()).await {
+                Ok(revision) => Some((bucket, revision)),
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "debounce state not shared (KV); this replica decides alone");
+                    None
+                }
+            },
+            None => None,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => return false,
+        }
+        let latest_here = {
+            let Ok(mut keys) = self.keys.lock() else { return false };
+            match keys.get(&local) {
+                Some(KeyState::Generation(g)) if *g == mine => {
+                    keys.remove(&local);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !latest_here {
+            return false;
+        }
+        match written {
+            Some((bucket, revision)) => match bucket.entry(shared_key).await {
+                Ok(Some(entry)) => entry.revision == revision,
+                // Gone (expired or purged): nothing newer was written.
+                Ok(None) => true,
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "debounce state not shared (KV); this replica decides alone");
+                    true
+                }
+            },
+            None => true,
+        }
     }
 
     /// Runs the rule's actions for `trigger` (no matching, no throttling).

@@ -1,6 +1,7 @@
 //! End to end against a real nats-server: events on SB_EVENTS run rules whose
 //! actions publish, request and exec; results, retries, dead letters, the depth
-//! limit, replicas sharing a consumer, throttling and hot reload.
+//! limit, replicas sharing a consumer, throttling and debouncing (shared by
+//! replicas) and hot reload.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -383,6 +384,155 @@ async fn throttle_skips_repeats_of_a_key_within_the_window() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     service.stop().await;
+}
+
+/// Sums a counter of `rule` over replicas.
+fn total(services: &[&Service], rule: &str, counter: impl Fn(&hook_runner::engine::RuleStats) -> u64) -> u64 {
+    services.iter().map(|s| counter(&s.engine.rule_stats(rule))).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_is_shared_by_replicas_so_a_key_fires_once_across_them() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "t.yaml",
+        "rules:\n  - name: alert\n    on: sb.evt.test.alert\n    concurrency: 2\n    throttle: { key: '{{ data.who }}', per: 1h }\n    actions:\n      - publish: { subject: sb.evt.test.alerted, data: { who: '{{ data.who }}' } }\n",
+    );
+    let bus = client(&nats).await;
+    let a = start(&nats, dir.path()).await;
+    let b = start(&nats, dir.path()).await;
+    let both = [&a, &b];
+    until_consuming(&bus, &["alert"]).await;
+    // The same key, one event at a time, until each replica has handled some.
+    let mut sent = 0u64;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sent < 10 || a.engine.rule_stats("alert").matched == 0 || b.engine.rule_stats("alert").matched == 0 {
+        assert!(sent < 200, "one replica never got an event");
+        emit(&bus, "sb.evt.test.alert", "t.v1", json!({"who": "a"})).await;
+        sent += 1;
+        while total(&both, "alert", |s| s.succeeded + s.throttled) < sent {
+            assert!(tokio::time::Instant::now() < deadline, "events not handled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(
+        total(&both, "alert", |s| s.succeeded),
+        1,
+        "the key fired once across both replicas"
+    );
+    assert_eq!(total(&both, "alert", |s| s.throttled), sent - 1);
+    // Another key is not held back by the first.
+    emit(&bus, "sb.evt.test.alert", "t.v1", json!({"who": "b"})).await;
+    while total(&both, "alert", |s| s.succeeded + s.throttled) < sent + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other key's event not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(total(&both, "alert", |s| s.succeeded), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_shared_throttle_window_ends_when_its_entry_expires() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "t.yaml",
+        "rules:\n  - name: ping\n    on: sb.evt.test.ping\n    concurrency: 1\n    throttle: { key: '{{ data.who }}', per: 1s }\n    actions:\n      - publish: { subject: sb.evt.test.pinged, data: { who: '{{ data.who }}' } }\n",
+    );
+    let bus = client(&nats).await;
+    let service = start(&nats, dir.path()).await;
+    let one = [&service];
+    until_consuming(&bus, &["ping"]).await;
+    let mut entries = bus
+        .jetstream()
+        .get_stream("KV_SB_HOOK_THROTTLE_1000")
+        .await
+        .expect("the rule's throttle bucket exists once it consumes");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for sent in 1..=2 {
+        emit(&bus, "sb.evt.test.ping", "t.v1", json!({"who": "x"})).await;
+        while total(&one, "ping", |s| s.succeeded + s.throttled) < sent {
+            assert!(tokio::time::Instant::now() < deadline, "event not handled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(
+        total(&one, "ping", |s| s.succeeded),
+        1,
+        "the repeat within the window was skipped"
+    );
+    // Once the entry has aged out of the bucket, the key may fire again.
+    while entries.info().await.expect("bucket info").state.messages > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    emit(&bus, "sb.evt.test.ping", "t.v1", json!({"who": "x"})).await;
+    while total(&one, "ping", |s| s.succeeded + s.throttled) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "event not handled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        total(&one, "ping", |s| s.succeeded),
+        2,
+        "the key fired again after the window"
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debounce_is_shared_by_replicas_so_only_the_last_of_a_burst_runs() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    // The whole burst is sent well within the wait.
+    write_rules(
+        dir.path(),
+        "d.yaml",
+        "rules:\n  - name: typing\n    on: sb.evt.test.typing\n    concurrency: 100\n    debounce: { key: '{{ data.who }}', wait: 3s }\n    actions:\n      - publish: { subject: sb.evt.test.settled, data: { n: '{{ data.n }}' } }\n",
+    );
+    let bus = client(&nats).await;
+    let mut settled = bus.client().subscribe("sb.evt.test.settled").await.expect("sub");
+    let a = start(&nats, dir.path()).await;
+    let b = start(&nats, dir.path()).await;
+    let both = [&a, &b];
+    until_consuming(&bus, &["typing"]).await;
+    // Each event is sent once the one before has written its entry (the bucket's
+    // stream holds one message per write), so the burst's order is the writes' order.
+    let mut writes = bus
+        .jetstream()
+        .get_stream("KV_SB_HOOK_DEBOUNCE_3000")
+        .await
+        .expect("the rule's debounce bucket exists once it consumes");
+    let mut sent = 0u64;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sent < 6 || a.engine.rule_stats("typing").matched == 0 || b.engine.rule_stats("typing").matched == 0 {
+        assert!(sent < 60, "one replica never got an event");
+        sent += 1;
+        emit(&bus, "sb.evt.test.typing", "t.v1", json!({"who": "a", "n": sent})).await;
+        while writes.info().await.expect("bucket info").state.last_sequence < sent {
+            assert!(tokio::time::Instant::now() < deadline, "events not delivered");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    while total(&both, "typing", |s| s.succeeded + s.throttled) < sent {
+        assert!(tokio::time::Instant::now() < deadline, "burst never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        total(&both, "typing", |s| s.succeeded),
+        1,
+        "one run across both replicas"
+    );
+    let (_, _, data) = next_json(&mut settled).await;
+    assert_eq!(data, json!({"n": sent}), "the last event of the burst ran");
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
