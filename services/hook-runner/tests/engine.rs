@@ -39,17 +39,21 @@ async fn start(nats: &NatsServer, rules: &Path) -> Service {
 }
 
 async fn start_with(nats: &NatsServer, rules: &Path, token: Option<&str>) -> Service {
-    start_config(nats, rules, token, Duration::from_millis(100)).await
+    start_config(nats, rules, |config| {
+        config.hooks.api_token = token.map(switchboard_bus::Secret::new);
+    })
+    .await
 }
 
-async fn start_config(nats: &NatsServer, rules: &Path, token: Option<&str>, reload_interval: Duration) -> Service {
+/// A replica whose config (rules polled every 100 ms) `tweak` may change.
+async fn start_config(nats: &NatsServer, rules: &Path, tweak: impl FnOnce(&mut Config)) -> Service {
     let mut config = Config::default();
-    config.hooks.api_token = token.map(switchboard_bus::Secret::new);
     config.nats.url = nats.url();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
     config.rules.dir = rules.to_owned();
-    config.rules.reload_interval = reload_interval;
+    config.rules.reload_interval = Duration::from_millis(100);
+    tweak(&mut config);
     let shutdown = CancellationToken::new();
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let engine = app.engine().clone();
@@ -281,6 +285,69 @@ rules:
     assert!(info.sequence > 0);
     let stats = service.engine.stats();
     assert_eq!((stats["flaky"].failed, stats["flaky"].dead), (3, 1));
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_result_jetstream_did_not_store_runs_the_event_again() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    // The rule's context makes its result event larger than SB_EVENTS will take
+    // while the limit below is set; the event itself stays small.
+    let pad = "x".repeat(2048);
+    write_rules(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "rules:\n  - name: padded\n    on: sb.evt.test.pad\n    context: {{ pad: {pad} }}\n    retry: {{ attempts: 10, backoff: 50ms, max_backoff: 100ms }}\n    actions:\n      - publish: {{ subject: sb.push.user.pad, data: {{ n: '{{{{ data.n }}}}' }} }}\n"
+        ),
+    );
+    let bus = client(&nats).await;
+    let service = start_config(&nats, dir.path(), |config| {
+        config.nats.publish_timeout = Duration::from_millis(300);
+    })
+    .await;
+    until_consuming(&bus, &["padded"]).await;
+    let js = bus.jetstream();
+    let mut events = js.get_stream("SB_EVENTS").await.expect("stream");
+    let mut limited = events.info().await.expect("info").config.clone();
+    let unlimited = limited.max_message_size;
+    limited.max_message_size = 1024;
+    js.update_stream(&limited).await.expect("limit");
+    emit(&bus, "sb.evt.test.pad", "t.v1", json!({"n": 1})).await;
+
+    // The action ran and succeeded, its result was refused: the event comes back.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while service.engine.rule_stats("padded").succeeded < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the event never ran again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    limited.max_message_size = unlimited;
+    js.update_stream(&limited).await.expect("unlimit");
+    let stored = loop {
+        match events
+            .get_last_raw_message_by_subject("sb.evt.hook.padded.succeeded")
+            .await
+        {
+            Ok(message) => break message,
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "no result was ever stored");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let result: RunResult = serde_json::from_slice(&stored.payload).expect("RunResult");
+    assert!(result.success);
+    assert!(result.attempt >= 2, "stored on a later delivery, not the refused first");
+    // Acked once stored: nothing is left pending.
+    let mut consumer = events
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("hook-padded")
+        .await
+        .expect("consumer");
+    while consumer.info().await.expect("info").num_ack_pending > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the event was never acked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     service.stop().await;
 }
 
@@ -659,7 +726,10 @@ async fn sighup_reloads_the_rules() {
     );
     let bus = client(&nats).await;
     // Polling is too slow to matter here: only the signal reloads.
-    let service = start_config(&nats, dir.path(), None, Duration::from_secs(3600)).await;
+    let service = start_config(&nats, dir.path(), |config| {
+        config.rules.reload_interval = Duration::from_secs(3600);
+    })
+    .await;
     until_consuming(&bus, &["one"]).await;
     write_rules(
         dir.path(),
