@@ -618,9 +618,9 @@ impl Engine {
     /// Matches, throttles, runs and reports one delivery of `trigger` to `rule`.
     /// `headers` (the message's) are kept for the dead letter; without them (a
     /// triggered run) there is no redelivery. A run whose result event JetStream
-    /// did not store is delivered again, like a failed one: the result is part of
-    /// the run's effect (the action publishes keep their ids, so JetStream drops
-    /// their repeats).
+    /// did not store is delivered again, like a failed one (but acked on the last
+    /// attempt): the result is part of the run's effect (the action publishes keep
+    /// their ids, so JetStream drops their repeats).
     pub async fn process(
         &self,
         set: &RuleSet,
@@ -663,6 +663,11 @@ impl Engine {
         );
         if result.success {
             if reported || headers.is_none() {
+                return Disposition::Ack;
+            }
+            if last {
+                // No delivery is left to store it on: the run's effect stands.
+                tracing::error!(rule = %rule.name, event = %trigger.event.id, "the run's result was not stored on the last attempt; giving up on it");
                 return Disposition::Ack;
             }
             tracing::warn!(rule = %rule.name, event = %trigger.event.id, "the run's result was not stored; the event will run again");
