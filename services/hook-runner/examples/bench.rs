@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use bytes::Bytes;
 use futures::StreamExt;
 use hook_runner::render::RenderedExec;
@@ -141,40 +142,11 @@ async fn bench_e2e() {
     while stream.consumer_info("hook-relay").await.is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut out = bus.client().subscribe("sb.push.user.>").await.expect("sub");
+    let mut out = bus.client().subscribe("sb.push.user.u1").await.expect("sub");
     let n = 20_000usize;
     let started = Instant::now();
-    let producer = {
-        let bus = bus.clone();
-        tokio::spawn(async move {
-            let mut acks = Vec::with_capacity(1024);
-            for i in 0..n {
-                let event = bus
-                    .event("bench.v1", &serde_json::json!({"user": "u1", "n": i}))
-                    .expect("event");
-                acks.push(
-                    bus.publish_async("sb.evt.bench.in".to_owned(), &event)
-                        .await
-                        .expect("publish"),
-                );
-                if acks.len() == 1024 {
-                    for ack in acks.drain(..) {
-                        ack.await.expect("ack");
-                    }
-                }
-            }
-            for ack in acks {
-                ack.await.expect("ack");
-            }
-        })
-    };
-    let mut got = 0usize;
-    while got < n {
-        match tokio::time::timeout(Duration::from_secs(60), out.next()).await {
-            Ok(Some(_)) => got += 1,
-            _ => break,
-        }
-    }
+    let producer = produce(&bus, "sb.evt.bench.in", n);
+    let got = count(&mut out, n).await;
     let elapsed = started.elapsed();
     let _ = producer.await;
     row(
@@ -184,6 +156,100 @@ async fn bench_e2e() {
     );
     shutdown.cancel();
     let _ = task.await;
+    bench_ceilings(&bus, &stream, n).await;
+}
+
+/// Publishes `n` events to `subject` with up to 1,024 acks outstanding (what a busy
+/// producer does), on a task of its own.
+fn produce(bus: &Bus, subject: &'static str, n: usize) -> tokio::task::JoinHandle<()> {
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        let mut acks = Vec::with_capacity(1024);
+        for i in 0..n {
+            let event = bus
+                .event("bench.v1", &serde_json::json!({"user": "u1", "n": i}))
+                .expect("event");
+            acks.push(bus.publish_async(subject.to_owned(), &event).await.expect("publish"));
+            if acks.len() == 1024 {
+                for ack in acks.drain(..) {
+                    ack.await.expect("ack");
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.expect("ack");
+        }
+    })
+}
+
+/// Counts messages on `sub` until `n` or a minute without one.
+async fn count(sub: &mut async_nats::Subscriber, n: usize) -> usize {
+    let mut got = 0usize;
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(60), sub.next()).await {
+            Ok(Some(_)) => got += 1,
+            _ => break,
+        }
+    }
+    got
+}
+
+/// The ceilings on this machine, measured on the same nats-server right after the
+/// end-to-end line: a bare pipelined JetStream publish loop (what one stored message
+/// costs), and a bare relay doing the engine's bus work for each event (pull, publish
+/// the push and a result-sized event, ack after both acks) without rules, templates,
+/// CEL, stats or tracing.
+async fn bench_ceilings(bus: &Bus, stream: &async_nats::jetstream::stream::Stream, n: usize) {
+    let started = Instant::now();
+    produce(bus, "sb.evt.bench.bare", n).await.expect("producer");
+    row(
+        "ceiling: bare JetStream publish loop",
+        format!("{:.0} msgs/s", n as f64 / started.elapsed().as_secs_f64()),
+        &format!("{n} stored messages, 1,024 acks outstanding, one producer"),
+    );
+    let consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bare-relay".to_owned()),
+            filter_subject: "sb.evt.bench.relay".to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: 512,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut out = bus.client().subscribe("sb.push.user.bare").await.expect("sub");
+    let started = Instant::now();
+    let producer = produce(bus, "sb.evt.bench.relay", n);
+    let relay = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let mut messages = consumer.messages().await.expect("messages");
+            let result = Bytes::from(vec![b'x'; 400]);
+            while let Some(Ok(message)) = messages.next().await {
+                let js = bus.jetstream().clone();
+                let result = result.clone();
+                tokio::spawn(async move {
+                    let push = js
+                        .publish("sb.push.user.bare", message.payload.clone())
+                        .await
+                        .expect("push");
+                    let report = js.publish("sb.evt.hook.bare.succeeded", result).await.expect("result");
+                    if push.await.is_ok() && report.await.is_ok() {
+                        let _ = message.ack().await;
+                    }
+                });
+            }
+        })
+    };
+    let got = count(&mut out, n).await;
+    let elapsed = started.elapsed();
+    let _ = producer.await;
+    relay.abort();
+    row(
+        "ceiling: bare relay (pull, JetStream push + result, ack)",
+        format!("{:.0} events/s", got as f64 / elapsed.as_secs_f64()),
+        &format!("{got}/{n} events; the engine's bus work per event, nothing else"),
+    );
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {

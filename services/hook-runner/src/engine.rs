@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{AckKind, kv};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -165,6 +165,8 @@ pub struct Engine {
     failed_fingerprint: Mutex<Option<u64>>,
     stats: Mutex<HashMap<String, RuleStats>>,
     keys: Mutex<HashMap<String, KeyState>>,
+    /// The throttle and debounce KV buckets made so far, by kind (`HOOK_THROTTLE_<ms>`).
+    shared: tokio::sync::Mutex<HashMap<String, kv::Store>>,
     consumers: tokio::sync::Mutex<HashMap<String, Running>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -185,6 +187,35 @@ enum KeyState {
 }
 
 const KEYS_KEPT: usize = 100_000;
+
+/// How much longer than the debounce wait a debounce entry is kept: long enough for
+/// the slowest replica to check it after its own wait.
+const DEBOUNCE_SLACK: Duration = Duration::from_secs(60);
+
+/// The shortest age JetStream keeps entries for: a throttle window under it is
+/// shared as this long (each replica still applies the exact window to its own runs).
+const MIN_SHARED_AGE: Duration = Duration::from_millis(100);
+
+/// The bucket kind of throttle windows of `per` (one bucket per window: a bucket has
+/// one max age): `HOOK_THROTTLE_<ms>`.
+fn throttle_bucket(per: Duration) -> String {
+    format!("HOOK_THROTTLE_{}", millis(per))
+}
+
+/// The bucket kind of debounce waits of `wait`: `HOOK_DEBOUNCE_<ms>`.
+fn debounce_bucket(wait: Duration) -> String {
+    format!("HOOK_DEBOUNCE_{}", millis(wait))
+}
+
+/// The key of `rule`'s state for the rendered key `key` in a shared bucket: the rule's
+/// name (already `[A-Za-z0-9_-]`) and a hash of the key, since rendered keys may hold
+/// any character and any length.
+fn shared_key(rule: &str, key: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{rule}.{hex}")
+}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -240,6 +271,7 @@ impl Engine {
             failed_fingerprint: Mutex::new(None),
             stats: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
+            shared: tokio::sync::Mutex::new(HashMap::new()),
             consumers: tokio::sync::Mutex::new(HashMap::new()),
             shutdown,
             tasks: TaskTracker::new(),
@@ -422,6 +454,15 @@ impl Engine {
                 }
                 continue;
             }
+            // The buckets exist before the first event needs them, so a burst's
+            // first events are not slowed (and reordered) by creating them.
+            if let Some(throttle) = &rule.throttle {
+                self.shared_bucket(throttle_bucket(throttle.per), throttle.per).await;
+            }
+            if let Some(debounce) = &rule.debounce {
+                self.shared_bucket(debounce_bucket(debounce.wait), debounce.wait + DEBOUNCE_SLACK)
+                    .await;
+            }
             let config = self.consumer_config(rule);
             let signature = format!("{config:?}");
             if running.get(name).is_some_and(|r| r.signature == signature) {
@@ -482,7 +523,15 @@ impl Engine {
         concurrency: usize,
         stop: CancellationToken,
     ) {
-        let mut messages = match consumer.messages().await {
+        // One pull asks for the whole window (the server delivers at most
+        // `max_ack_pending` = the rule's concurrency anyway), not the client's
+        // default batch.
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(concurrency.max(1))
+            .messages()
+            .await
+        {
             Ok(m) => m,
             Err(error) => {
                 tracing::error!(rule, %error, "cannot pull from the rule's consumer");
@@ -554,15 +603,8 @@ impl Engine {
             return;
         };
         let trigger = Trigger::new(message.subject.to_string(), event, attempt);
-        let headers: HashMap<String, String> = message
-            .headers
-            .as_ref()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|(k, v)| v.first().map(|v| (k.to_string(), v.as_str().to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let no_headers = async_nats::HeaderMap::new();
+        let headers = message.headers.as_ref().unwrap_or(&no_headers);
         let disposition = self.process(&set, &rule, &trigger, Some(headers)).await;
         let acked = match disposition {
             Disposition::Ack | Disposition::Dead => message.ack().await,
@@ -575,13 +617,16 @@ impl Engine {
 
     /// Matches, throttles, runs and reports one delivery of `trigger` to `rule`.
     /// `headers` (the message's) are kept for the dead letter; without them (a
-    /// triggered run) there is no redelivery.
+    /// triggered run) there is no redelivery. A run whose result event JetStream
+    /// did not store is delivered again, like a failed one (but acked on the last
+    /// attempt): the result is part of the run's effect (the action publishes keep
+    /// their ids, so JetStream drops their repeats).
     pub async fn process(
         &self,
         set: &RuleSet,
         rule: &Arc<Rule>,
         trigger: &Trigger,
-        headers: Option<HashMap<String, String>>,
+        headers: Option<&async_nats::HeaderMap>,
     ) -> Disposition {
         if trigger.depth >= self.settings.max_depth {
             tracing::warn!(rule = %rule.name, depth = trigger.depth, event = %trigger.event.id, "depth limit reached; not running (loop?)");
@@ -600,8 +645,7 @@ impl Engine {
         }
         self.with_stats(&rule.name, |s| s.matched += 1);
         metrics::counter!("hook_matched_total", "rule" => rule.name.clone()).increment(1);
-        let base = trigger.template_context(&rule.name);
-        if !self.admit(set, rule, &base).await {
+        if !self.admit(set, rule, trigger).await {
             if self.shutdown.is_cancelled() {
                 // Cut short by shutdown (debounce): another replica gets it.
                 return Disposition::Retry(Duration::ZERO);
@@ -610,10 +654,24 @@ impl Engine {
             metrics::counter!("hook_skipped_total", "rule" => rule.name.clone(), "reason" => "throttle").increment(1);
             return Disposition::Ack;
         }
-        let result = self.run_and_report(set, rule, trigger).await;
+        let (result, reported) = self.run_and_report(set, rule, trigger).await;
         let last = headers.is_none() || trigger.attempt >= rule.retry.attempts;
+        let backoff = actions::http::backoff(
+            rule.retry.backoff,
+            rule.retry.max_backoff,
+            trigger.attempt.saturating_sub(1),
+        );
         if result.success {
-            return Disposition::Ack;
+            if reported || headers.is_none() {
+                return Disposition::Ack;
+            }
+            if last {
+                // No delivery is left to store it on: the run's effect stands.
+                tracing::error!(rule = %rule.name, event = %trigger.event.id, "the run's result was not stored on the last attempt; giving up on it");
+                return Disposition::Ack;
+            }
+            tracing::warn!(rule = %rule.name, event = %trigger.event.id, "the run's result was not stored; the event will run again");
+            return Disposition::Retry(backoff);
         }
         match headers {
             Some(headers) if last => {
@@ -622,11 +680,7 @@ impl Engine {
                 metrics::counter!("hook_dead_letters_total", "rule" => rule.name.clone()).increment(1);
                 Disposition::Dead
             }
-            Some(_) => Disposition::Retry(actions::http::backoff(
-                rule.retry.backoff,
-                rule.retry.max_backoff,
-                trigger.attempt.saturating_sub(1),
-            )),
+            Some(_) => Disposition::Retry(backoff),
             None => Disposition::Ack,
         }
     }
@@ -635,10 +689,11 @@ impl Engine {
     /// redelivery; the result is published and logged like any run.
     pub async fn trigger(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> RunResult {
         self.with_stats(&rule.name, |s| s.matched += 1);
-        self.run_and_report(set, rule, trigger).await
+        self.run_and_report(set, rule, trigger).await.0
     }
 
-    async fn run_and_report(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> RunResult {
+    /// Runs, counts and publishes the result; true when JetStream stored it.
+    async fn run_and_report(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> (RunResult, bool) {
         let result = self.run(set, rule, trigger).await;
         // Counted and logged before the result event goes out, so whoever sees the
         // event also sees the run in ListRules and GetRuns.
@@ -659,65 +714,163 @@ impl Engine {
         metrics::counter!("hook_runs_total", "rule" => rule.name.clone(), "outcome" => outcome).increment(1);
         metrics::histogram!("hook_run_duration_seconds", "rule" => rule.name.clone())
             .record(Duration::from_millis(result.duration_ms).as_secs_f64());
-        self.report(&result, trigger).await;
-        result
+        let reported = self.report(&result, trigger).await;
+        (result, reported)
     }
 
-    /// Throttle and debounce: true when this event may run now.
-    async fn admit(&self, set: &RuleSet, rule: &Rule, base: &Map<String, Value>) -> bool {
-        let ctx = minijinja::Value::from(minijinja::value::Serde(Value::Object(base.clone())));
+    /// Throttle and debounce: true when this event may run now. Both are decided
+    /// across replicas through KV buckets (see [`Engine::throttle`] and
+    /// [`Engine::debounce`]); when NATS cannot answer, this replica's own state decides.
+    async fn admit(&self, set: &RuleSet, rule: &Rule, trigger: &Trigger) -> bool {
+        if rule.throttle.is_none() && rule.debounce.is_none() {
+            return true;
+        }
+        let ctx = trigger.template_context(&rule.name);
         if let Some(throttle) = &rule.throttle {
             let key = match set.templates.render(&throttle.key, &ctx, "throttle.key") {
-                Ok(k) => format!("t\0{}\0{k}", rule.name),
+                Ok(k) => k,
                 Err(error) => {
                     tracing::warn!(rule = %rule.name, %error, "throttle key failed; not running");
                     return false;
                 }
             };
-            let now = Instant::now();
-            let Ok(mut keys) = self.keys.lock() else { return false };
-            if let Some(KeyState::LastRun(last)) = keys.get(&key)
-                && now.duration_since(*last) < throttle.per
-            {
+            if !self.throttle(rule, throttle.per, &key).await {
                 return false;
             }
-            if keys.len() >= KEYS_KEPT {
-                keys.retain(
-                    |_, v| matches!(v, KeyState::LastRun(t) if now.duration_since(*t) < Duration::from_secs(3600)),
-                );
-            }
-            keys.insert(key, KeyState::LastRun(now));
         }
         if let Some(debounce) = &rule.debounce {
             let key = match set.templates.render(&debounce.key, &ctx, "debounce.key") {
-                Ok(k) => format!("d\0{}\0{k}", rule.name),
+                Ok(k) => k,
                 Err(error) => {
                     tracing::warn!(rule = %rule.name, %error, "debounce key failed; not running");
                     return false;
                 }
             };
-            let mine = {
-                let Ok(mut keys) = self.keys.lock() else { return false };
-                let next = match keys.get(&key) {
-                    Some(KeyState::Generation(g)) => g.wrapping_add(1),
-                    _ => 1,
-                };
-                keys.insert(key.clone(), KeyState::Generation(next));
-                next
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(debounce.wait) => {}
-                _ = self.shutdown.cancelled() => return false,
-            }
-            let Ok(mut keys) = self.keys.lock() else { return false };
-            match keys.get(&key) {
-                Some(KeyState::Generation(g)) if *g == mine => {
-                    keys.remove(&key);
-                }
-                _ => return false,
+            if !self.debounce(rule, debounce.wait, &key).await {
+                return false;
             }
         }
         true
+    }
+
+    /// The KV bucket `SB_<kind>` with entries kept for `max_age` (at least
+    /// [`MIN_SHARED_AGE`]), created or checked on first use; `None` (tried again next
+    /// time) when NATS cannot make it.
+    async fn shared_bucket(&self, kind: String, max_age: Duration) -> Option<kv::Store> {
+        let mut buckets = self.shared.lock().await;
+        if let Some(bucket) = buckets.get(&kind) {
+            return Some(bucket.clone());
+        }
+        match self.bus.bucket(&kind, max_age.max(MIN_SHARED_AGE), 1).await {
+            Ok(bucket) => {
+                buckets.insert(kind, bucket.clone());
+                Some(bucket)
+            }
+            Err(error) => {
+                tracing::warn!(bucket = %kind, %error, "cannot make the KV bucket; this replica decides throttle and debounce alone");
+                None
+            }
+        }
+    }
+
+    /// At most one run of `rule` per `key` per `per`, across replicas: the run goes
+    /// ahead only if it creates the key's entry in the bucket `SB_HOOK_THROTTLE_<ms>`,
+    /// whose entries expire after `per` (one bucket per window: a bucket has one max
+    /// age). This replica's own record of its runs is checked first (a repeat it
+    /// fired itself needs no round trip) and decides alone when NATS cannot answer.
+    async fn throttle(&self, rule: &Rule, per: Duration, key: &str) -> bool {
+        let local = format!("t\0{}\0{key}", rule.name);
+        let now = Instant::now();
+        if let Ok(keys) = self.keys.lock()
+            && let Some(KeyState::LastRun(last)) = keys.get(&local)
+            && now.duration_since(*last) < per
+        {
+            return false;
+        }
+        let shared = match self.shared_bucket(throttle_bucket(per), per).await {
+            Some(bucket) => match bucket.create(shared_key(&rule.name, key), bytes::Bytes::new()).await {
+                Ok(_) => true,
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => return false,
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "throttle state not shared (KV); this replica decides alone");
+                    false
+                }
+            },
+            None => false,
+        };
+        let Ok(mut keys) = self.keys.lock() else { return false };
+        // Deciding alone, check again under the lock: another of this replica's
+        // runs of the key may have gone ahead since the first look.
+        if !shared
+            && let Some(KeyState::LastRun(last)) = keys.get(&local)
+            && now.duration_since(*last) < per
+        {
+            return false;
+        }
+        if keys.len() >= KEYS_KEPT {
+            keys.retain(|_, v| matches!(v, KeyState::LastRun(t) if now.duration_since(*t) < Duration::from_secs(3600)));
+        }
+        keys.insert(local, KeyState::LastRun(now));
+        true
+    }
+
+    /// Only the last event of a burst of `key` runs, after `wait` without another,
+    /// across replicas: each event writes the key's entry in `SB_HOOK_DEBOUNCE_<ms>`
+    /// and, after `wait`, runs only if the entry is still the one it wrote (a later
+    /// event, on any replica, wrote a newer revision). This replica's own generation
+    /// counter is kept alongside and decides alone when NATS cannot answer.
+    async fn debounce(&self, rule: &Rule, wait: Duration, key: &str) -> bool {
+        let local = format!("d\0{}\0{key}", rule.name);
+        let mine = {
+            let Ok(mut keys) = self.keys.lock() else { return false };
+            let next = match keys.get(&local) {
+                Some(KeyState::Generation(g)) => g.wrapping_add(1),
+                _ => 1,
+            };
+            keys.insert(local.clone(), KeyState::Generation(next));
+            next
+        };
+        let shared_key = shared_key(&rule.name, key);
+        let bucket = self.shared_bucket(debounce_bucket(wait), wait + DEBOUNCE_SLACK).await;
+        let written = match &bucket {
+            Some(bucket) => match bucket.put(&shared_key, bytes::Bytes::new()).await {
+                Ok(revision) => Some((bucket, revision)),
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "debounce state not shared (KV); this replica decides alone");
+                    None
+                }
+            },
+            None => None,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => return false,
+        }
+        let latest_here = {
+            let Ok(mut keys) = self.keys.lock() else { return false };
+            match keys.get(&local) {
+                Some(KeyState::Generation(g)) if *g == mine => {
+                    keys.remove(&local);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !latest_here {
+            return false;
+        }
+        match written {
+            Some((bucket, revision)) => match bucket.entry(shared_key).await {
+                Ok(Some(entry)) => entry.revision == revision,
+                // Gone (expired or purged): nothing newer was written.
+                Ok(None) => true,
+                Err(error) => {
+                    tracing::warn!(rule = %rule.name, %error, "debounce state not shared (KV); this replica decides alone");
+                    true
+                }
+            },
+            None => true,
+        }
     }
 
     /// Runs the rule's actions for `trigger` (no matching, no throttling).
@@ -780,7 +933,7 @@ impl Engine {
         set: &RuleSet,
         rule: &Rule,
         trigger: &Trigger,
-        base: &Map<String, Value>,
+        base: &minijinja::Value,
         context: &Value,
         results: &mut Vec<ActionResult>,
     ) -> bool {
@@ -836,7 +989,7 @@ impl Engine {
         set: &RuleSet,
         rule: &Rule,
         trigger: &Trigger,
-        base: &Map<String, Value>,
+        base: &minijinja::Value,
         context: &Value,
         steps: &Map<String, Value>,
         action: &Action,
@@ -871,8 +1024,8 @@ impl Engine {
         }
     }
 
-    /// Publishes the run's result.
-    async fn report(&self, result: &RunResult, trigger: &Trigger) {
+    /// Publishes the run's result; true when JetStream stored it.
+    async fn report(&self, result: &RunResult, trigger: &Trigger) -> bool {
         let outcome = if result.success { "succeeded" } else { "failed" };
         let subject = self.bus.subjects().hook_result(&result.rule, outcome);
         match self.bus.event(event_types::HOOK_RESULT, result) {
@@ -880,15 +1033,23 @@ impl Engine {
                 let event = event
                     .with_subject(result.rule.clone())
                     .with_extension(DEPTH_EXTENSION, (trigger.depth + 1).to_string());
-                if let Err(error) = self.bus.publish(subject, &event).await {
-                    tracing::warn!(rule = %result.rule, %error, "cannot publish the run's result");
+                match self.bus.publish(subject, &event).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        tracing::warn!(rule = %result.rule, %error, "cannot publish the run's result");
+                        false
+                    }
                 }
             }
-            Err(error) => tracing::warn!(rule = %result.rule, %error, "cannot encode the run's result"),
+            Err(error) => {
+                // Encoding fails the same way every time: running again would not help.
+                tracing::warn!(rule = %result.rule, %error, "cannot encode the run's result");
+                true
+            }
         }
     }
 
-    async fn dead_letter(&self, rule: &Rule, trigger: &Trigger, headers: HashMap<String, String>, last: RunResult) {
+    async fn dead_letter(&self, rule: &Rule, trigger: &Trigger, headers: &async_nats::HeaderMap, last: RunResult) {
         let last_error = last
             .actions
             .iter()
@@ -900,7 +1061,10 @@ impl Engine {
             rule: rule.name.clone(),
             event_id: trigger.event.id.clone(),
             event_subject: trigger.subject.clone(),
-            event_headers: headers,
+            event_headers: headers
+                .iter()
+                .filter_map(|(k, v)| v.first().map(|v| (k.to_string(), v.as_str().to_owned())))
+                .collect(),
             event_data: serde_json::from_value(trigger.data.clone()).ok(),
             attempts: trigger.attempt,
             last_error,

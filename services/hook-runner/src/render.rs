@@ -262,28 +262,26 @@ pub fn render(
 /// The template context of a run: the trigger's, plus `context` (the rule's rendered
 /// context, when it has one) and `steps` (results of earlier actions, by name).
 pub fn run_context(
-    base: &serde_json::Map<String, serde_json::Value>,
+    base: &minijinja::Value,
     context: &serde_json::Value,
     steps: &serde_json::Map<String, serde_json::Value>,
 ) -> minijinja::Value {
-    let mut map = base.clone();
-    map.insert("context".into(), context.clone());
-    map.insert("steps".into(), serde_json::Value::Object(steps.clone()));
-    minijinja::Value::from(minijinja::value::Serde(serde_json::Value::Object(map)))
+    minijinja::context! {
+        context => minijinja::Value::from(minijinja::value::Serde(context)),
+        steps => minijinja::Value::from(minijinja::value::Serde(steps)),
+        ..base.clone()
+    }
 }
 
 /// Renders a rule's context from the trigger alone (null when the rule has none).
 pub fn rule_context(
     set: &crate::rules::RuleSet,
     rule: &crate::rules::Rule,
-    base: &serde_json::Map<String, serde_json::Value>,
+    base: &minijinja::Value,
 ) -> Result<serde_json::Value, Error> {
     match &rule.context {
         None => Ok(serde_json::Value::Null),
-        Some(template) => {
-            let ctx = minijinja::Value::from(minijinja::value::Serde(serde_json::Value::Object(base.clone())));
-            set.templates.render_value(template, &ctx, "context")
-        }
+        Some(template) => set.templates.render_value(template, base, "context"),
     }
 }
 

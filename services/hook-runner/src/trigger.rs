@@ -78,17 +78,19 @@ impl Trigger {
     }
 
     /// What templates see: `data`, `event` (attributes), `subject`, `tokens`,
-    /// `depth`, `attempt`, `rule`. Actions add `steps` and rules `context`.
-    pub fn template_context(&self, rule: &str) -> Map<String, Value> {
-        let mut map = Map::new();
-        map.insert("data".into(), self.data.clone());
-        map.insert("event".into(), Value::Object(self.attributes()));
-        map.insert("subject".into(), json!(self.subject));
-        map.insert("tokens".into(), json!(self.tokens()));
-        map.insert("depth".into(), json!(self.depth));
-        map.insert("attempt".into(), json!(self.attempt));
-        map.insert("rule".into(), json!(rule));
-        map
+    /// `depth`, `attempt`, `rule`. Actions add `steps` and rules `context`. Built
+    /// once per run straight from the event (no JSON copy) and shared by every
+    /// template of the run: building it is a good part of a run's cost.
+    pub fn template_context(&self, rule: &str) -> minijinja::Value {
+        minijinja::context! {
+            data => minijinja::Value::from(minijinja::value::Serde(&self.data)),
+            event => minijinja::Value::from(minijinja::value::Serde(self.attributes())),
+            subject => minijinja::Value::from(self.subject.as_str()),
+            tokens => self.tokens().into_iter().map(minijinja::Value::from).collect::<Vec<_>>(),
+            depth => self.depth,
+            attempt => self.attempt,
+            rule => rule,
+        }
     }
 }
 

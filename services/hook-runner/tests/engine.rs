@@ -1,6 +1,7 @@
 //! End to end against a real nats-server: events on SB_EVENTS run rules whose
 //! actions publish, request and exec; results, retries, dead letters, the depth
-//! limit, replicas sharing a consumer, throttling and hot reload.
+//! limit, replicas sharing a consumer, throttling and debouncing (shared by
+//! replicas) and hot reload.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,17 +39,21 @@ async fn start(nats: &NatsServer, rules: &Path) -> Service {
 }
 
 async fn start_with(nats: &NatsServer, rules: &Path, token: Option<&str>) -> Service {
-    start_config(nats, rules, token, Duration::from_millis(100)).await
+    start_config(nats, rules, |config| {
+        config.hooks.api_token = token.map(switchboard_bus::Secret::new);
+    })
+    .await
 }
 
-async fn start_config(nats: &NatsServer, rules: &Path, token: Option<&str>, reload_interval: Duration) -> Service {
+/// A replica whose config (rules polled every 100 ms) `tweak` may change.
+async fn start_config(nats: &NatsServer, rules: &Path, tweak: impl FnOnce(&mut Config)) -> Service {
     let mut config = Config::default();
-    config.hooks.api_token = token.map(switchboard_bus::Secret::new);
     config.nats.url = nats.url();
     config.http.listen = "127.0.0.1:0".parse().expect("addr");
     config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
     config.rules.dir = rules.to_owned();
-    config.rules.reload_interval = reload_interval;
+    config.rules.reload_interval = Duration::from_millis(100);
+    tweak(&mut config);
     let shutdown = CancellationToken::new();
     let app = App::build(config, shutdown.clone()).await.expect("build");
     let engine = app.engine().clone();
@@ -284,6 +289,69 @@ rules:
 }
 
 #[tokio::test]
+async fn a_result_jetstream_did_not_store_runs_the_event_again() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    // The rule's context makes its result event larger than SB_EVENTS will take
+    // while the limit below is set; the event itself stays small.
+    let pad = "x".repeat(2048);
+    write_rules(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "rules:\n  - name: padded\n    on: sb.evt.test.pad\n    context: {{ pad: {pad} }}\n    retry: {{ attempts: 10, backoff: 50ms, max_backoff: 100ms }}\n    actions:\n      - publish: {{ subject: sb.push.user.pad, data: {{ n: '{{{{ data.n }}}}' }} }}\n"
+        ),
+    );
+    let bus = client(&nats).await;
+    let service = start_config(&nats, dir.path(), |config| {
+        config.nats.publish_timeout = Duration::from_millis(300);
+    })
+    .await;
+    until_consuming(&bus, &["padded"]).await;
+    let js = bus.jetstream();
+    let mut events = js.get_stream("SB_EVENTS").await.expect("stream");
+    let mut limited = events.info().await.expect("info").config.clone();
+    let unlimited = limited.max_message_size;
+    limited.max_message_size = 1024;
+    js.update_stream(&limited).await.expect("limit");
+    emit(&bus, "sb.evt.test.pad", "t.v1", json!({"n": 1})).await;
+
+    // The action ran and succeeded, its result was refused: the event comes back.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while service.engine.rule_stats("padded").succeeded < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the event never ran again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    limited.max_message_size = unlimited;
+    js.update_stream(&limited).await.expect("unlimit");
+    let stored = loop {
+        match events
+            .get_last_raw_message_by_subject("sb.evt.hook.padded.succeeded")
+            .await
+        {
+            Ok(message) => break message,
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "no result was ever stored");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let result: RunResult = serde_json::from_slice(&stored.payload).expect("RunResult");
+    assert!(result.success);
+    assert!(result.attempt >= 2, "stored on a later delivery, not the refused first");
+    // Acked once stored: nothing is left pending.
+    let mut consumer = events
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("hook-padded")
+        .await
+        .expect("consumer");
+    while consumer.info().await.expect("info").num_ack_pending > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the event was never acked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    service.stop().await;
+}
+
+#[tokio::test]
 async fn results_that_trigger_rules_stop_at_the_depth_limit() {
     let nats = NatsServer::start().expect("nats");
     let dir = tempfile::tempdir().expect("dir");
@@ -383,6 +451,155 @@ async fn throttle_skips_repeats_of_a_key_within_the_window() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     service.stop().await;
+}
+
+/// Sums a counter of `rule` over replicas.
+fn total(services: &[&Service], rule: &str, counter: impl Fn(&hook_runner::engine::RuleStats) -> u64) -> u64 {
+    services.iter().map(|s| counter(&s.engine.rule_stats(rule))).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttle_is_shared_by_replicas_so_a_key_fires_once_across_them() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "t.yaml",
+        "rules:\n  - name: alert\n    on: sb.evt.test.alert\n    concurrency: 2\n    throttle: { key: '{{ data.who }}', per: 1h }\n    actions:\n      - publish: { subject: sb.evt.test.alerted, data: { who: '{{ data.who }}' } }\n",
+    );
+    let bus = client(&nats).await;
+    let a = start(&nats, dir.path()).await;
+    let b = start(&nats, dir.path()).await;
+    let both = [&a, &b];
+    until_consuming(&bus, &["alert"]).await;
+    // The same key, one event at a time, until each replica has handled some.
+    let mut sent = 0u64;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sent < 10 || a.engine.rule_stats("alert").matched == 0 || b.engine.rule_stats("alert").matched == 0 {
+        assert!(sent < 200, "one replica never got an event");
+        emit(&bus, "sb.evt.test.alert", "t.v1", json!({"who": "a"})).await;
+        sent += 1;
+        while total(&both, "alert", |s| s.succeeded + s.throttled) < sent {
+            assert!(tokio::time::Instant::now() < deadline, "events not handled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(
+        total(&both, "alert", |s| s.succeeded),
+        1,
+        "the key fired once across both replicas"
+    );
+    assert_eq!(total(&both, "alert", |s| s.throttled), sent - 1);
+    // Another key is not held back by the first.
+    emit(&bus, "sb.evt.test.alert", "t.v1", json!({"who": "b"})).await;
+    while total(&both, "alert", |s| s.succeeded + s.throttled) < sent + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other key's event not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(total(&both, "alert", |s| s.succeeded), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_shared_throttle_window_ends_when_its_entry_expires() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    write_rules(
+        dir.path(),
+        "t.yaml",
+        "rules:\n  - name: ping\n    on: sb.evt.test.ping\n    concurrency: 1\n    throttle: { key: '{{ data.who }}', per: 1s }\n    actions:\n      - publish: { subject: sb.evt.test.pinged, data: { who: '{{ data.who }}' } }\n",
+    );
+    let bus = client(&nats).await;
+    let service = start(&nats, dir.path()).await;
+    let one = [&service];
+    until_consuming(&bus, &["ping"]).await;
+    let mut entries = bus
+        .jetstream()
+        .get_stream("KV_SB_HOOK_THROTTLE_1000")
+        .await
+        .expect("the rule's throttle bucket exists once it consumes");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for sent in 1..=2 {
+        emit(&bus, "sb.evt.test.ping", "t.v1", json!({"who": "x"})).await;
+        while total(&one, "ping", |s| s.succeeded + s.throttled) < sent {
+            assert!(tokio::time::Instant::now() < deadline, "event not handled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(
+        total(&one, "ping", |s| s.succeeded),
+        1,
+        "the repeat within the window was skipped"
+    );
+    // Once the entry has aged out of the bucket, the key may fire again.
+    while entries.info().await.expect("bucket info").state.messages > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    emit(&bus, "sb.evt.test.ping", "t.v1", json!({"who": "x"})).await;
+    while total(&one, "ping", |s| s.succeeded + s.throttled) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "event not handled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        total(&one, "ping", |s| s.succeeded),
+        2,
+        "the key fired again after the window"
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debounce_is_shared_by_replicas_so_only_the_last_of_a_burst_runs() {
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("dir");
+    // The whole burst is sent well within the wait.
+    write_rules(
+        dir.path(),
+        "d.yaml",
+        "rules:\n  - name: typing\n    on: sb.evt.test.typing\n    concurrency: 100\n    debounce: { key: '{{ data.who }}', wait: 3s }\n    actions:\n      - publish: { subject: sb.evt.test.settled, data: { n: '{{ data.n }}' } }\n",
+    );
+    let bus = client(&nats).await;
+    let mut settled = bus.client().subscribe("sb.evt.test.settled").await.expect("sub");
+    let a = start(&nats, dir.path()).await;
+    let b = start(&nats, dir.path()).await;
+    let both = [&a, &b];
+    until_consuming(&bus, &["typing"]).await;
+    // Each event is sent once the one before has written its entry (the bucket's
+    // stream holds one message per write), so the burst's order is the writes' order.
+    let mut writes = bus
+        .jetstream()
+        .get_stream("KV_SB_HOOK_DEBOUNCE_3000")
+        .await
+        .expect("the rule's debounce bucket exists once it consumes");
+    let mut sent = 0u64;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sent < 6 || a.engine.rule_stats("typing").matched == 0 || b.engine.rule_stats("typing").matched == 0 {
+        assert!(sent < 60, "one replica never got an event");
+        sent += 1;
+        emit(&bus, "sb.evt.test.typing", "t.v1", json!({"who": "a", "n": sent})).await;
+        while writes.info().await.expect("bucket info").state.last_sequence < sent {
+            assert!(tokio::time::Instant::now() < deadline, "events not delivered");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    while total(&both, "typing", |s| s.succeeded + s.throttled) < sent {
+        assert!(tokio::time::Instant::now() < deadline, "burst never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        total(&both, "typing", |s| s.succeeded),
+        1,
+        "one run across both replicas"
+    );
+    let (_, _, data) = next_json(&mut settled).await;
+    assert_eq!(data, json!({"n": sent}), "the last event of the burst ran");
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -509,7 +726,10 @@ async fn sighup_reloads_the_rules() {
     );
     let bus = client(&nats).await;
     // Polling is too slow to matter here: only the signal reloads.
-    let service = start_config(&nats, dir.path(), None, Duration::from_secs(3600)).await;
+    let service = start_config(&nats, dir.path(), |config| {
+        config.rules.reload_interval = Duration::from_secs(3600);
+    })
+    .await;
     until_consuming(&bus, &["one"]).await;
     write_rules(
         dir.path(),
