@@ -672,6 +672,43 @@ impl XmppPeer {
     }
 }
 
+/// A user of an IM server, IRC or XMPP, on the other side from a bot: lets one test
+/// body run against either protocol.
+pub enum ImUser {
+    /// A raw IRC client.
+    Irc(IrcPeer),
+    /// A tokio-xmpp client.
+    Xmpp(XmppPeer),
+}
+
+impl ImUser {
+    /// Sends a direct message with `text` to `to` (a nick, or a JID).
+    pub async fn say(&mut self, to: &str, text: &str) {
+        match self {
+            Self::Irc(peer) => peer.privmsg(to, text).await,
+            Self::Xmpp(peer) => {
+                peer.say(to, text, tokio_xmpp::parsers::message::MessageType::Chat)
+                    .await
+            }
+        }
+    }
+
+    /// The next direct message to this user: (sender's bare address, text).
+    pub async fn next_message(&mut self) -> (String, String) {
+        match self {
+            Self::Irc(peer) => {
+                let message = peer.next_privmsg().await;
+                (message.from, message.text)
+            }
+            Self::Xmpp(peer) => {
+                let (_, from, text) = peer.next_message(tokio_xmpp::parsers::message::MessageType::Chat).await;
+                let bare = from.split('/').next().unwrap_or_default().to_owned();
+                (bare, text)
+            }
+        }
+    }
+}
+
 /// A private certificate authority made with `openssl` in a temp dir; issues
 /// server certificates for TLS tests.
 pub struct TestCa {
