@@ -234,20 +234,6 @@ fn run_im_user(
     })
 }
 
-/// Connects the XMPP user `user`, trying up to three times: under load, a tokio-xmpp
-/// client has been seen never to surface the presence prosody reflects to it (prosody
-/// logged sending it), which `XmppPeer::connect` waits for.
-async fn connect_im_user(im: &Arc<ImServer>, user: &'static str) -> ImUser {
-    for _ in 0..2 {
-        let im = im.clone();
-        if let Ok(peer) = tokio::spawn(async move { im.user(user).await }).await {
-            return peer;
-        }
-        eprintln!("soak: {user} was not online in time; connecting again");
-    }
-    im.user(user).await
-}
-
 /// The number after `prefix` at the start of `text`, up to the first non-digit.
 fn number_after(text: &str, prefix: &str) -> Option<u64> {
     let rest = text.strip_prefix(prefix)?;
@@ -419,11 +405,10 @@ async fn main() {
     )
     .await
     .expect("AMI simulator");
-    let im = Arc::new(im);
     // The XMPP users, before the services take the cores to start.
-    let alice = connect_im_user(&im, "alice").await;
-    let bob = connect_im_user(&im, "bob").await;
-    let mallory = connect_im_user(&im, "mallory").await;
+    let alice = im.user("alice").await;
+    let bob = im.user("bob").await;
+    let mallory = im.user("mallory").await;
     let stack = start_stack(&nats, &im, sim.addr(), work.path()).await;
     let observer = bus(&nats).await;
     let http = reqwest::Client::new();
