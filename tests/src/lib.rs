@@ -11,6 +11,7 @@ use switchboard_bus::{Bus, NatsConfig, Secret};
 use switchboard_proto::ami::v1 as ami;
 use switchboard_runtime::{GrpcConfig, HttpConfig};
 use switchboard_test_support::NatsServer;
+pub use switchboard_test_support::im::ImUser;
 use switchboard_test_support::im::{IrcPeer, Ngircd, Prosody, XmppPeer};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +97,12 @@ pub async fn start_pbx(nats: &NatsServer, shutdown: &CancellationToken) -> Pbx {
 /// An Originate from `"Alice Caller" <5551234>` to `Local/<exten>@from-internal`
 /// (the simulator answers 101 and holds the call 100 ms, reports 102 busy).
 pub fn originate(exten: &str) -> ami::ActionRequest {
+    originate_from(exten, "\"Alice Caller\" <5551234>")
+}
+
+/// An Originate to `Local/<exten>@from-internal` with the caller id `caller_id`
+/// (`"Name" <number>`), for traffic that tells its calls apart by the caller's number.
+pub fn originate_from(exten: &str, caller_id: &str) -> ami::ActionRequest {
     let channel = format!("Local/{exten}@from-internal");
     ami::ActionRequest {
         action: "Originate".into(),
@@ -103,7 +110,7 @@ pub fn originate(exten: &str) -> ami::ActionRequest {
             ("Channel", channel.as_str()),
             ("Application", "Wait"),
             ("Data", "1"),
-            ("CallerID", "\"Alice Caller\" <5551234>"),
+            ("CallerID", caller_id),
         ]
         .iter()
         .map(|(name, value)| ami::Header {
@@ -258,14 +265,6 @@ pub enum ImServer {
     Xmpp(Prosody),
 }
 
-/// A user on an [`ImServer`], on the other side from the bot.
-pub enum ImUser {
-    /// A raw IRC client.
-    Irc(IrcPeer),
-    /// A tokio-xmpp client.
-    Xmpp(XmppPeer),
-}
-
 impl ImServer {
     /// Starts ngircd.
     pub fn irc() -> Self {
@@ -334,34 +333,6 @@ impl ImServer {
     }
 }
 
-impl ImUser {
-    /// Sends a direct message with `text` to `to` (an address from [`ImServer::address`]).
-    pub async fn say(&mut self, to: &str, text: &str) {
-        match self {
-            Self::Irc(peer) => peer.privmsg(to, text).await,
-            Self::Xmpp(peer) => {
-                peer.say(to, text, tokio_xmpp::parsers::message::MessageType::Chat)
-                    .await
-            }
-        }
-    }
-
-    /// The next direct message to this user: (sender's bare address, text).
-    pub async fn next_message(&mut self) -> (String, String) {
-        match self {
-            Self::Irc(peer) => {
-                let message = peer.next_privmsg().await;
-                (message.from, message.text)
-            }
-            Self::Xmpp(peer) => {
-                let (_, from, text) = peer.next_message(tokio_xmpp::parsers::message::MessageType::Chat).await;
-                let bare = from.split('/').next().unwrap_or_default().to_owned();
-                (bare, text)
-            }
-        }
-    }
-}
-
 /// Starts im-bridge with `account` (and a FIFO when given) and waits until the
 /// account's link is up.
 pub async fn start_im_bridge(
@@ -388,4 +359,57 @@ pub async fn start_im_bridge(
     tokio::time::timeout(PATIENCE, link_up.next())
         .await
         .expect("the IM account comes up");
+}
+
+/// ami-bridge's TOML config with the PBX `pbx1` on the AMI simulator at `sim`, for
+/// ami-bridge as a process (NATS from `SB_NATS__URL`).
+pub fn ami_bridge_toml(sim: SocketAddr) -> String {
+    format!(
+        "[[pbx]]\nid = \"pbx1\"\nhost = \"{}\"\nport = {}\nusername = \"sb\"\nsecret = \"sbsecret\"\n",
+        sim.ip(),
+        sim.port()
+    )
+}
+
+/// A service binary running as its own OS process with a generated config file;
+/// killed on drop.
+pub struct ServiceProcess(std::process::Child);
+
+impl ServiceProcess {
+    /// Starts the workspace binary `name` with `config` (TOML) written to
+    /// `dir/<name>.toml`, the environment `env` on top, and its output in
+    /// `dir/<name>.log`. Both ports are free ones unless `env` sets `SB_HTTP__LISTEN`
+    /// or `SB_GRPC__LISTEN`.
+    pub fn start(name: &str, config: &str, env: &[(&str, String)], dir: &Path) -> Self {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, config).expect("write the config");
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let mut command = std::process::Command::new(switchboard_test_support::binary::workspace_binary(name));
+        command
+            .arg("--config")
+            .arg(&file)
+            .current_dir(dir)
+            .env("SB_HTTP__LISTEN", "127.0.0.1:0")
+            .env("SB_GRPC__LISTEN", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self(command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}")))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

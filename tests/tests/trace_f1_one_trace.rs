@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,10 +15,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
 use switchboard_flows::{
-    JWT_SECRET, PATIENCE, browser_token, bus, example_rule, next_push, open_browser, originate, wait_for_rule_consumers,
+    JWT_SECRET, PATIENCE, ServiceProcess, ami_bridge_toml, browser_token, bus, example_rule, next_push, open_browser,
+    originate, wait_for_rule_consumers,
 };
 use switchboard_proto::ami::v1 as ami;
-use switchboard_test_support::binary::workspace_binary;
 use switchboard_test_support::{NatsServer, free_port, wait_for_port};
 use tokio_util::sync::CancellationToken;
 
@@ -73,40 +72,13 @@ impl TraceService for Receiver {
     }
 }
 
-/// A service binary running with OTLP export on; killed on drop.
-struct Service(Child);
-
-impl Service {
-    fn start(name: &str, config: &str, env: &[(&str, String)], otlp: SocketAddr, dir: &std::path::Path) -> Self {
-        let file = dir.join(format!("{name}.toml"));
-        std::fs::write(&file, config).expect("write the config");
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-        let mut command = Command::new(workspace_binary(name));
-        command
-            .arg("--config")
-            .arg(&file)
-            .current_dir(dir)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-            // Export each batch within 100 ms rather than the default 5 s.
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("SB_HTTP__LISTEN", "127.0.0.1:0")
-            .env("SB_GRPC__LISTEN", "127.0.0.1:0")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        Self(command.spawn().unwrap_or_else(|e| panic!("start {name}: {e}")))
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The environment of a service exporting its spans to the receiver at `otlp`.
+fn otlp_env(otlp: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+        // Export each batch within 100 ms rather than the default 5 s.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,41 +105,19 @@ async fn f1_makes_one_trace_across_ami_bridge_hook_runner_and_ws_push() {
     )
     .await
     .expect("AMI simulator");
-    let nats_env = ("SB_NATS__URL", nats.url());
-    let ami_config = format!(
-        "[[pbx]]\nid = \"pbx1\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"sb\"\nsecret = \"sbsecret\"\n",
-        sim.addr().port()
-    );
-    let _ami_bridge = Service::start(
-        "ami-bridge",
-        &ami_config,
-        std::slice::from_ref(&nats_env),
-        otlp,
-        work.path(),
-    );
+    let ami_config = ami_bridge_toml(sim.addr());
+    let mut env = otlp_env(otlp);
+    env.push(("SB_NATS__URL", nats.url()));
+    let _ami_bridge = ServiceProcess::start("ami-bridge", &ami_config, &env, work.path());
     let rules = work.path().join("rules");
     std::fs::create_dir(&rules).expect("rules dir");
     std::fs::copy(example_rule("f1-screen-pop.yaml"), rules.join("f1-screen-pop.yaml")).expect("copy the rule");
     let rules_config = format!("[rules]\ndir = \"{}\"\n", rules.display());
-    let _hook_runner = Service::start(
-        "hook-runner",
-        &rules_config,
-        std::slice::from_ref(&nats_env),
-        otlp,
-        work.path(),
-    );
+    let _hook_runner = ServiceProcess::start("hook-runner", &rules_config, &env, work.path());
     let push_port = free_port();
-    let _ws_push = Service::start(
-        "ws-push",
-        "",
-        &[
-            nats_env.clone(),
-            ("SB_AUTH__JWT_SECRET", JWT_SECRET.to_owned()),
-            ("SB_HTTP__LISTEN", format!("127.0.0.1:{push_port}")),
-        ],
-        otlp,
-        work.path(),
-    );
+    env.push(("SB_AUTH__JWT_SECRET", JWT_SECRET.to_owned()));
+    env.push(("SB_HTTP__LISTEN", format!("127.0.0.1:{push_port}")));
+    let _ws_push = ServiceProcess::start("ws-push", "", &env, work.path());
     let push_http = SocketAddr::from(([127, 0, 0, 1], push_port));
     assert!(wait_for_port(push_http, PATIENCE), "ws-push listens");
 

@@ -572,7 +572,22 @@ pub struct XmppPeer {
 
 impl XmppPeer {
     /// Logs in as `user` with `password`, waits until online and sends presence.
+    /// Tries again on a new connection when an attempt is not done in a third of
+    /// [`WAIT`]: under load a tokio-xmpp client has been seen to stop handing on
+    /// stanzas right after login (prosody logged sending them; sending presence again
+    /// did not help), while a new connection works.
     pub async fn connect(prosody: &Prosody, user: &str, password: &str) -> Self {
+        for _ in 0..2 {
+            if let Ok(peer) = tokio::time::timeout(WAIT / 3, Self::attempt(prosody, user, password)).await {
+                return peer;
+            }
+        }
+        tokio::time::timeout(WAIT / 3, Self::attempt(prosody, user, password))
+            .await
+            .expect("the XMPP peer is online, its presence reflected, in time (three connections)")
+    }
+
+    async fn attempt(prosody: &Prosody, user: &str, password: &str) -> Self {
         let jid = format!("{user}@{}", prosody.domain);
         let mut client = tokio_xmpp::Client::new_plaintext(
             jid.parse::<tokio_xmpp::jid::BareJid>().expect("a valid JID"),
@@ -580,35 +595,35 @@ impl XmppPeer {
             tokio_xmpp::connect::DnsConfig::no_srv("127.0.0.1", prosody.port),
             tokio_xmpp::xmlstream::Timeouts::tight(),
         );
-        tokio::time::timeout(WAIT, async {
-            while let Some(event) = client.next().await {
-                if event.is_online() {
-                    return;
-                }
+        loop {
+            match client.next().await {
+                Some(event) if event.is_online() => break,
+                Some(_) => {}
+                None => panic!("the XMPP peer's stream ended before it was online"),
             }
-            panic!("the XMPP peer's stream ended before it was online");
-        })
-        .await
-        .expect("the XMPP peer is online in time");
+        }
         client
             .send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
             .await
             .expect("the XMPP peer sends presence");
-        let mut peer = Self {
-            client,
-            jid,
-            nick: None,
-        };
         // send_stanza only queues: until the server has our presence, a chat message to
         // the bare JID has no available resource to go to. The server reflects initial
         // presence to the sender (RFC 6121 4.2.2), which proves it took effect.
-        let own = peer.jid.clone();
-        peer.wait(|s| {
-            matches!(s, tokio_xmpp::Stanza::Presence(p)
-                if p.from.as_ref().is_some_and(|f| f.to_bare().to_string() == own))
-        })
-        .await;
-        peer
+        loop {
+            match client.next().await {
+                Some(tokio_xmpp::Event::Stanza(tokio_xmpp::Stanza::Presence(p)))
+                    if p.from.as_ref().is_some_and(|f| f.to_bare().to_string() == jid) =>
+                {
+                    return Self {
+                        client,
+                        jid,
+                        nick: None,
+                    };
+                }
+                Some(_) => {}
+                None => panic!("the XMPP peer's stream ended before its presence came back"),
+            }
+        }
     }
 
     /// Joins the MUC `room` (a bare room JID) as `nick` and waits for its own presence there.
@@ -669,6 +684,43 @@ impl XmppPeer {
         };
         let body = m.bodies.values().next().cloned().unwrap_or_default();
         (m.type_, m.from.map(|f| f.to_string()).unwrap_or_default(), body)
+    }
+}
+
+/// A user of an IM server, IRC or XMPP, on the other side from a bot: lets one test
+/// body run against either protocol.
+pub enum ImUser {
+    /// A raw IRC client.
+    Irc(IrcPeer),
+    /// A tokio-xmpp client.
+    Xmpp(XmppPeer),
+}
+
+impl ImUser {
+    /// Sends a direct message with `text` to `to` (a nick, or a JID).
+    pub async fn say(&mut self, to: &str, text: &str) {
+        match self {
+            Self::Irc(peer) => peer.privmsg(to, text).await,
+            Self::Xmpp(peer) => {
+                peer.say(to, text, tokio_xmpp::parsers::message::MessageType::Chat)
+                    .await
+            }
+        }
+    }
+
+    /// The next direct message to this user: (sender's bare address, text).
+    pub async fn next_message(&mut self) -> (String, String) {
+        match self {
+            Self::Irc(peer) => {
+                let message = peer.next_privmsg().await;
+                (message.from, message.text)
+            }
+            Self::Xmpp(peer) => {
+                let (_, from, text) = peer.next_message(tokio_xmpp::parsers::message::MessageType::Chat).await;
+                let bare = from.split('/').next().unwrap_or_default().to_owned();
+                (bare, text)
+            }
+        }
     }
 }
 

@@ -152,6 +152,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, while it runs (for memory sampling).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's temp dir (store and log).
     pub fn dir(&self) -> &Path {
         self.dir.path()

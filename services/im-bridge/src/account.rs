@@ -374,6 +374,15 @@ struct AccountTask {
     queue: VecDeque<Outbound>,
 }
 
+/// Whether a publish waits for JetStream's ack or checks it in the background.
+#[derive(Clone, Copy)]
+enum Ack {
+    /// Return once JetStream has stored the event.
+    Wait,
+    /// Return once the event is on its way (the inbound hot path).
+    InBackground,
+}
+
 /// How a session ended.
 struct Ended {
     was_up: bool,
@@ -446,15 +455,23 @@ impl AccountTask {
             if let Some(watcher) = watcher {
                 let _ = watcher.await;
             }
-            if let Some(server) = server {
-                let _ = server.await;
-            }
-            self.handle.active.store(false, Ordering::Release);
             let reason = if self.shutdown.is_cancelled() {
                 "im-bridge is stopping"
             } else {
                 "the lease moved to another replica"
             };
+            if let Some(mut server) = server {
+                // The command server waits for its handlers in flight, and each waits
+                // for the answer to its send: answer what still reaches the queue until
+                // the server is done, or the stop would wait out SEND_TIMEOUT.
+                loop {
+                    tokio::select! {
+                        _ = &mut server => break,
+                        Some(mut out) = rx.recv() => out.answer(Err(Error::Session(reason.to_owned()))),
+                    }
+                }
+            }
+            self.handle.active.store(false, Ordering::Release);
             while let Some(mut out) = self.queue.pop_front() {
                 tracing::warn!(account = %self.id(), message_id = %out.message_id, "queued message dropped: {reason}");
                 out.answer(Err(Error::Session(reason.to_owned())));
@@ -564,6 +581,14 @@ impl AccountTask {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
+                    if up {
+                        // Sends already handed to this account are work in flight:
+                        // they go out before the session closes (`run` answers any
+                        // that come later).
+                        while let Ok(out) = rx.try_recv() {
+                            self.deliver(&mut session, out).await;
+                        }
+                    }
                     session.close().await;
                     if up {
                         self.publish_link(false, "im-bridge is stopping", 0).await;
@@ -689,7 +714,10 @@ impl AccountTask {
         metrics::gauge!("im_link_up", "account" => self.id().to_owned()).set(if up { 1.0 } else { 0.0 });
         let bus = &self.shared().bus;
         let subject = bus.subjects().im_link(self.id(), up);
-        self.publish(subject, event_types::IM_LINK, &event, None).await;
+        // Waits for JetStream's ack: at a stop, `link.down` is the last thing the
+        // account publishes, and the NATS connection may close right after it.
+        self.publish(subject, event_types::IM_LINK, &event, None, Ack::Wait)
+            .await;
     }
 
     async fn publish_message(&self, message: Message) {
@@ -704,8 +732,14 @@ impl AccountTask {
         } else {
             message.room.clone()
         };
-        self.publish(subject, event_types::IM_MESSAGE, &message, Some(about))
-            .await;
+        self.publish(
+            subject,
+            event_types::IM_MESSAGE,
+            &message,
+            Some(about),
+            Ack::InBackground,
+        )
+        .await;
         let _ = self.shared().messages.send(message);
     }
 
@@ -715,11 +749,17 @@ impl AccountTask {
         }
         let subject = self.shared().bus.subjects().im_presence(self.id());
         let about = presence.from.clone();
-        self.publish(subject, event_types::IM_PRESENCE, &presence, Some(about))
-            .await;
+        self.publish(
+            subject,
+            event_types::IM_PRESENCE,
+            &presence,
+            Some(about),
+            Ack::InBackground,
+        )
+        .await;
     }
 
-    async fn publish<T: serde::Serialize>(&self, subject: String, ty: &str, data: &T, about: Option<String>) {
+    async fn publish<T: serde::Serialize>(&self, subject: String, ty: &str, data: &T, about: Option<String>, ack: Ack) {
         let bus = &self.shared().bus;
         let event = match bus.event(ty, data) {
             Ok(event) => event,
@@ -733,12 +773,18 @@ impl AccountTask {
             None => event,
         };
         match bus.publish_async(subject.clone(), &event).await {
-            Ok(ack) => {
-                tokio::spawn(async move {
-                    if let Err(e) = ack.await {
+            Ok(acked) => {
+                let confirm = async move {
+                    if let Err(e) = acked.await {
                         tracing::warn!(%subject, error = %e, "event not acknowledged by JetStream");
                     }
-                });
+                };
+                match ack {
+                    Ack::Wait => confirm.await,
+                    Ack::InBackground => {
+                        tokio::spawn(confirm);
+                    }
+                }
             }
             Err(e) => tracing::warn!(%subject, error = %e, "event not published"),
         }
