@@ -1177,6 +1177,67 @@ async fn pushes_nats_server_did_not_send_are_refilled_from_the_stream_in_order()
     app.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reads_what_it_missed_from_the_stream_after_a_nats_reconnect() {
+    let mut nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let (mut ws, _) = connect(&app, &token("alice")).await;
+    let publisher = bus(&nats.url()).await;
+    let publish = |i: u64| {
+        let publisher = publisher.clone();
+        async move {
+            // A fixed id makes a retry through the outage exactly-once in the stream.
+            let event = publisher
+                .event(switchboard_bus::event_types::PUSH, &json!({"type": "u", "data": i}))
+                .unwrap()
+                .with_id(format!("u-{i}"));
+            loop {
+                match publisher.publish(publisher.subjects().push_user("alice"), &event).await {
+                    Ok(ack) => return ack.sequence,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+    };
+    let mut offsets = vec![publish(0).await];
+    assert_eq!(next_json(&mut ws).await["offset"], offsets[0]);
+
+    // Two pushes are stored that nats-server never sends the node (re-publishing is
+    // off meanwhile), and none follows them: only the catch-up after the node
+    // reconnects to the restarted nats-server brings them.
+    let js = publisher.jetstream();
+    let mut stream_config = js
+        .get_stream(publisher.subjects().stream_name("PUSH"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    let republish = stream_config.republish.take();
+    js.update_stream(&stream_config).await.unwrap();
+    offsets.push(publish(1).await);
+    offsets.push(publish(2).await);
+    stream_config.republish = republish;
+    js.update_stream(&stream_config).await.unwrap();
+    tokio::task::block_in_place(|| nats.restart().unwrap());
+    for (i, offset) in offsets.iter().enumerate().skip(1) {
+        let message = next_json(&mut ws).await;
+        assert_eq!(
+            (message["source"].as_str(), message["offset"].as_u64()),
+            (Some("user"), Some(*offset))
+        );
+        assert_eq!(message["push"]["data"], i);
+    }
+    assert_eq!(app.interest.received(), 1, "the two came from the stream");
+
+    // And live delivery goes on.
+    let offset = publish(3).await;
+    assert_eq!(next_json(&mut ws).await["offset"], offset);
+    app.shutdown().await;
+}
+
 /// Kills the child on drop.
 struct Child(std::process::Child);
 
