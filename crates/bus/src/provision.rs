@@ -3,7 +3,9 @@
 //! Creating what is missing is safe from any number of replicas at once. A stream
 //! that exists with settings we cannot work with (other subjects, other retention)
 //! is an error that names the stream and the setting: we never silently change
-//! a stream someone else configured.
+//! a stream someone else configured. The one setting we add to an existing stream
+//! is its re-publishing (`SB_PUSH` created by an older version has none): it
+//! changes nothing stored and nobody else's consumers.
 
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub struct StreamSpec {
     pub duplicate_window: Duration,
     /// Replicas.
     pub replicas: usize,
+    /// Where the stream re-publishes what it stored, if anywhere.
+    pub republish: Option<stream::Republish>,
 }
 
 impl StreamSpec {
@@ -35,10 +39,12 @@ impl StreamSpec {
             max_age,
             duplicate_window: Duration::from_secs(120),
             replicas,
+            republish: None,
         }
     }
 
-    /// `SB_PUSH`: deliveries to browsers, kept briefly for recovery.
+    /// `SB_PUSH`: deliveries to browsers, kept briefly for recovery, and
+    /// re-published once stored on `<prefix>.pushlive.>` for the ws-push nodes.
     pub fn pushes(subjects: &Subjects, max_age: Duration, replicas: usize) -> Self {
         Self {
             name: subjects.stream_name("PUSH"),
@@ -46,6 +52,11 @@ impl StreamSpec {
             max_age,
             duplicate_window: max_age.min(Duration::from_secs(120)),
             replicas,
+            republish: Some(stream::Republish {
+                source: subjects.all_pushes(),
+                destination: subjects.all_live_pushes(),
+                headers_only: false,
+            }),
         }
     }
 
@@ -59,6 +70,7 @@ impl StreamSpec {
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             allow_direct: true,
+            republish: self.republish.clone(),
             ..Default::default()
         }
     }
@@ -106,6 +118,15 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
             "0s".into(),
             format!("{:?}", spec.duplicate_window),
         ));
+    }
+    if spec.republish.is_some() && config.republish != spec.republish {
+        let mut updated = config.clone();
+        updated.republish = spec.republish.clone();
+        js.update_stream(&updated).await.map_err(|e| BusError::Provision {
+            what: format!("stream {} (republish)", spec.name),
+            reason: e.to_string(),
+        })?;
+        tracing::info!(stream = %spec.name, "stream now re-publishes what it stores");
     }
     Ok(stream)
 }

@@ -210,6 +210,13 @@ impl Subjects {
         self.join("push", &[">"])
     }
 
+    /// `<prefix>.pushlive.>`: where `SB_PUSH` re-publishes every push it stored
+    /// (core NATS, with the stream sequence in headers), so a ws-push node can
+    /// subscribe to only the users and channels its connections need.
+    pub fn all_live_pushes(&self) -> String {
+        self.join("pushlive", &[">"])
+    }
+
     // ---- ami-bridge ----
 
     /// `sb.evt.ami.<pbx>.raw.<Event>`
@@ -279,6 +286,21 @@ impl Subjects {
     /// `sb.push.all`
     pub fn push_all(&self) -> String {
         self.join("push", &["all"])
+    }
+
+    /// `sb.pushlive.user.<id>`: the stored pushes of `sb.push.user.<id>`, re-published.
+    pub fn live_push_user(&self, user: &str) -> String {
+        self.join("pushlive", &["user", &escape_token(user)])
+    }
+
+    /// `sb.pushlive.channel.<name>`: the stored pushes of `sb.push.channel.<name>`, re-published.
+    pub fn live_push_channel(&self, channel: &str) -> String {
+        self.join("pushlive", &["channel", &escape_token(channel)])
+    }
+
+    /// `sb.pushlive.all`: the stored pushes of `sb.push.all`, re-published.
+    pub fn live_push_all(&self) -> String {
+        self.join("pushlive", &["all"])
     }
 
     /// `sb.evt.push.presence.<user>.<online|offline>`
@@ -401,6 +423,18 @@ pub const CATALOGUE: &[SubjectInfo] = &[
     },
     SubjectInfo {
         pattern: "sb.push.all",
+        payload: "switchboard.push.v1.Push",
+    },
+    SubjectInfo {
+        pattern: "sb.pushlive.user.<id>",
+        payload: "switchboard.push.v1.Push",
+    },
+    SubjectInfo {
+        pattern: "sb.pushlive.channel.<name>",
+        payload: "switchboard.push.v1.Push",
+    },
+    SubjectInfo {
+        pattern: "sb.pushlive.all",
         payload: "switchboard.push.v1.Push",
     },
     SubjectInfo {

@@ -16,7 +16,7 @@ use switchboard_bus::event_types;
 use switchboard_proto::push::v1::Inbound;
 
 use crate::auth::{AuthError, Claims, now_seconds};
-use crate::delivery::{self, Replay};
+use crate::delivery::{self, Replay, Route};
 use crate::hub::{ConnEntry, IpSlot, LimitError, Outgoing, Source};
 use crate::node::Node;
 use crate::pattern;
@@ -172,10 +172,23 @@ impl Connection {
                 return Err(Closing::new(close::TOO_MANY, "too many connections"));
             }
         }
+        // Before the session reads the stream position its recovery goes up to.
+        let user = Route::User(claims.sub.clone());
+        if let Err(e) = Box::pin(self.node.interest.hold(&user)).await {
+            tracing::warn!(error = %e, "no subscription for a connection");
+            self.node.hub.unregister(id);
+            return Err(Closing::new(close::SHUTDOWN, "stream unavailable"));
+        }
         metrics::gauge!("ws_push_connections").increment(1.0);
         Box::pin(self.node.presence.update(&claims.sub)).await;
         let result = self.session(entry.clone(), claims, recover).await;
         self.node.hub.unregister(id);
+        self.node.interest.release(&user).await;
+        for source in std::mem::take(&mut self.subs).into_keys() {
+            if let Source::Channel(name) = source {
+                self.node.interest.release(&Route::Channel(name.to_string())).await;
+            }
+        }
         metrics::gauge!("ws_push_connections").decrement(1.0);
         Box::pin(self.node.presence.update(&entry.user)).await;
         result
@@ -354,6 +367,7 @@ impl Connection {
                 let source = Source::Channel(Arc::from(channel.as_str()));
                 if self.subs.remove(&source).is_some() {
                     self.node.hub.unsubscribe(entry.id, &channel);
+                    self.node.interest.release(&Route::Channel(channel.clone())).await;
                     self.node.presence.update(&claims.sub).await;
                 }
                 self.send(&ServerMessage::Unsubscribed { id, channel }).await
@@ -402,6 +416,7 @@ impl Connection {
                 for name in &revoked {
                     self.subs.remove(&Source::Channel(name.clone()));
                     self.node.hub.unsubscribe(entry.id, name);
+                    self.node.interest.release(&Route::Channel(name.to_string())).await;
                 }
                 if !revoked.is_empty() {
                     self.node.presence.update(&claims.sub).await;
@@ -440,17 +455,28 @@ impl Connection {
                 .await;
         }
         let source = Source::Channel(Arc::from(channel.as_str()));
+        let known = self.subs.contains_key(&source);
         let channels = self.subs.len().saturating_sub(2);
-        if !self.subs.contains_key(&source) && channels >= self.node.config.ws.max_subscriptions {
+        if !known && channels >= self.node.config.ws.max_subscriptions {
             return self.send(&refuse("too_many", "too many subscriptions")).await;
         }
-        // Register first, then read the position: a push after the position is
-        // either in the outbox or in the replay, and offsets drop the overlap.
-        self.node.hub.subscribe(entry.id, &channel);
+        // Subscribe and register first, then read the position: a push after the
+        // position is either in the outbox or in the replay, and offsets drop the
+        // overlap.
+        let route = Route::Channel(channel.clone());
+        if !known {
+            if let Err(e) = self.node.interest.hold(&route).await {
+                return self.send(&refuse("unavailable", &e.to_string())).await;
+            }
+            self.node.hub.subscribe(entry.id, &channel);
+        }
         let position = match delivery::position(&self.node.stream).await {
             Ok(position) => position,
             Err(e) => {
-                self.node.hub.unsubscribe(entry.id, &channel);
+                if !known {
+                    self.node.hub.unsubscribe(entry.id, &channel);
+                    self.node.interest.release(&route).await;
+                }
                 return self.send(&refuse("unavailable", &e.to_string())).await;
             }
         };
@@ -463,7 +489,7 @@ impl Connection {
             }
             _ => (None, Vec::new()),
         };
-        let known = self.subs.insert(source, position.1).is_some();
+        self.subs.insert(source, position.1);
         if !known {
             self.node.presence.update(&claims.sub).await;
         }

@@ -1,21 +1,18 @@
-//! From the `SB_PUSH` stream to the browsers: one ordered consumer per node fans
-//! every push out to this node's connections, and recovery replays a subject's
-//! missed pushes from the stream.
+//! From the `SB_PUSH` stream to the browsers: routes, frames, the fan-out of a push
+//! to this node's connections, and recovery, which replays a subject's missed
+//! pushes from the stream (what reaches the node is in [`crate::interest`]).
 
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use axum::extract::ws::Utf8Bytes;
-use futures::StreamExt;
-use switchboard_bus::{Bus, unescape_token};
-use tokio_util::sync::CancellationToken;
+use switchboard_bus::Subjects;
 
 use crate::Error;
 use crate::hub::{Hub, Outgoing, Source};
 
-/// Where a push goes, parsed from its subject.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a push goes: the subject it was published on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
     /// `sb.push.user.<id>`
     User(String),
@@ -25,21 +22,32 @@ pub enum Route {
     All,
 }
 
-/// Parses `<prefix>.push.user.<id>`, `<prefix>.push.channel.<name>`, `<prefix>.push.all`.
-pub fn route(prefix: &str, subject: &str) -> Option<Route> {
-    let rest = subject.strip_prefix(prefix)?.strip_prefix(".push.")?;
-    if rest == "all" {
-        return Some(Route::All);
+impl Route {
+    /// The subject its pushes are published (and stored) on.
+    pub fn subject(&self, subjects: &Subjects) -> String {
+        match self {
+            Route::User(user) => subjects.push_user(user),
+            Route::Channel(channel) => subjects.push_channel(channel),
+            Route::All => subjects.push_all(),
+        }
     }
-    let (kind, token) = rest.split_once('.')?;
-    if token.contains('.') {
-        return None;
+
+    /// The subject `SB_PUSH` re-publishes them on once stored.
+    pub fn live_subject(&self, subjects: &Subjects) -> String {
+        match self {
+            Route::User(user) => subjects.live_push_user(user),
+            Route::Channel(channel) => subjects.live_push_channel(channel),
+            Route::All => subjects.live_push_all(),
+        }
     }
-    let id = unescape_token(token).ok()?;
-    match kind {
-        "user" => Some(Route::User(id)),
-        "channel" => Some(Route::Channel(id)),
-        _ => None,
+
+    /// The source its pushes are delivered as.
+    pub fn source(&self) -> Source {
+        match self {
+            Route::User(_) => Source::User,
+            Route::All => Source::All,
+            Route::Channel(name) => Source::Channel(Arc::from(name.as_str())),
+        }
     }
 }
 
@@ -143,97 +151,21 @@ pub async fn replay(
     Replay { recovered: true, items }
 }
 
-/// Runs the node's ordered consumer from `start` (a stream sequence) until shutdown.
-pub async fn consume(
-    bus: Bus,
-    stream: Stream,
-    hub: Arc<Hub>,
-    epoch: String,
-    start: u64,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let prefix = bus.subjects().prefix().to_owned();
-    let consumer = stream
-        .create_consumer(push::OrderedConfig {
-            deliver_subject: bus.client().new_inbox(),
-            filter_subject: bus.subjects().all_pushes(),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::Stream(format!("push consumer: {e}")))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| Error::Stream(format!("push consumer: {e}")))?;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = messages.next() => message,
-        };
-        let message = match message {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "push consumer error; it resumes by itself");
-                continue;
-            }
-            None => return Err(Error::Stream("push consumer ended".into())),
-        };
-        let Ok(info) = message.info() else {
-            continue;
-        };
-        let offset = info.stream_sequence;
-        let Some(route) = route(&prefix, message.subject.as_str()) else {
-            continue;
-        };
-        let source = match &route {
-            Route::User(_) => Source::User,
-            Route::All => Source::All,
-            Route::Channel(name) => Source::Channel(Arc::from(name.as_str())),
-        };
-        let Some(frame) = frame(&source, offset, &epoch, &message.payload) else {
-            tracing::debug!(subject = %message.subject, "push payload is not JSON; dropped");
-            continue;
-        };
-        let item = Outgoing { source, offset, frame };
-        // A push that carries a trace context (its producer exports traces) gets a
-        // span in that trace; the others cost nothing more.
-        let span = match message.headers.as_ref() {
-            Some(headers) if headers.get("traceparent").is_some() => {
-                let span = tracing::info_span!("ws_push.deliver", subject = %message.subject, offset, delivered = tracing::field::Empty);
-                switchboard_bus::trace::set_parent_from(&span, Some(headers));
-                span
-            }
-            _ => tracing::Span::none(),
-        };
-        let delivered = span.in_scope(|| match &route {
-            Route::User(user) => hub.deliver_user(user, &item),
-            Route::Channel(channel) => hub.deliver_channel(channel, &item),
-            Route::All => hub.deliver_all(&item),
-        });
-        span.record("delivered", delivered);
-        metrics::counter!("ws_push_deliveries_total").increment(delivered as u64);
-    }
+/// Queues one push for this node's connections it is for; returns how many.
+pub fn deliver(hub: &Hub, route: &Route, item: &Outgoing) -> usize {
+    let delivered = match route {
+        Route::User(user) => hub.deliver_user(user, item),
+        Route::Channel(channel) => hub.deliver_channel(channel, item),
+        Route::All => hub.deliver_all(item),
+    };
+    metrics::counter!("ws_push_deliveries_total").increment(delivered as u64);
+    delivered
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn routes_subjects() {
-        assert_eq!(route("sb", "sb.push.all"), Some(Route::All));
-        assert_eq!(route("sb", "sb.push.user.42"), Some(Route::User("42".into())));
-        assert_eq!(
-            route("sb", "sb.push.channel.room_2E1"),
-            Some(Route::Channel("room.1".into()))
-        );
-        assert_eq!(route("sb", "sb.push.user.a.b"), None);
-        assert_eq!(route("sb", "sb.push.other.a"), None);
-        assert_eq!(route("sb", "xx.push.all"), None);
-        assert_eq!(route("a.b", "a.b.push.all"), Some(Route::All));
-    }
 
     #[test]
     fn frames_embed_the_payload_once() {
@@ -249,11 +181,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn any_subject_routes_or_not_without_panic(subject in "[a-z._>*0-9A-F]{0,40}") {
-            let _ = route("sb", &subject);
-        }
-
         #[test]
         fn any_payload_is_framed_as_json_or_refused(payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             if let Some(frame) = frame(&Source::User, 1, "e", &payload) {

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod delivery;
 pub mod grpc;
 pub mod hub;
+pub mod interest;
 pub mod node;
 pub mod pattern;
 pub mod presence;
@@ -78,17 +79,11 @@ impl App {
         let base = Base::start(SERVICE, &config.nats, &config.http, &config.grpc).await?;
         let bus = base.bus.clone();
         let name = node_name(&config.node);
-        let mut stream = bus
+        let stream = bus
             .jetstream()
             .get_stream(bus.subjects().stream_name("PUSH"))
             .await
             .map_err(|e| Error::Stream(format!("SB_PUSH: {e}")))?;
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| Error::Stream(format!("SB_PUSH: {e}")))?
-            .state
-            .last_sequence;
         let epoch = delivery::epoch_of(&stream);
         let hub = Arc::new(hub::Hub::default());
         let presence = presence::Presence::start(
@@ -99,25 +94,27 @@ impl App {
             shutdown.clone(),
         )
         .await?;
+        let interest = Arc::new(interest::Interest::start(
+            bus.clone(),
+            stream.clone(),
+            hub.clone(),
+            epoch.clone(),
+            shutdown.clone(),
+        ));
+        // Every connection gets `all`: the node holds it for its whole life.
+        interest.hold(&delivery::Route::All).await?;
         let node = Arc::new(node::Node::new(
             config,
             name,
             verifier,
-            hub.clone(),
+            hub,
+            interest,
             presence,
             bus.clone(),
-            stream.clone(),
-            epoch.clone(),
+            stream,
+            epoch,
             shutdown.clone(),
         ));
-
-        let consumer_stop = shutdown.clone();
-        let consumer_bus = bus.clone();
-        tokio::spawn(async move {
-            if let Err(e) = delivery::consume(consumer_bus, stream, hub, epoch, last + 1, consumer_stop.clone()).await {
-                tracing::error!(error = %e, "push delivery stopped");
-            }
-        });
 
         let query_node = node.clone();
         bus.serve(
@@ -173,6 +170,11 @@ impl App {
     /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.node.node
+    }
+
+    /// What this node subscribes to (and how many messages it got).
+    pub fn interest(&self) -> Arc<interest::Interest> {
+        self.node.interest.clone()
     }
 
     /// Serves until the shutdown token is cancelled, then closes every connection

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::interest::Interest;
 use crate::pattern;
 use crate::presence::Presence;
 use crate::protocol::close;
@@ -44,6 +45,8 @@ pub struct Node {
     pub verifier: Verifier,
     /// Local connections.
     pub hub: Arc<Hub>,
+    /// The users and channels this node gets pushes for.
+    pub interest: Arc<Interest>,
     /// Shared presence.
     pub presence: Arc<Presence>,
     /// The bus.
@@ -65,6 +68,7 @@ impl Node {
         node: String,
         verifier: Verifier,
         hub: Arc<Hub>,
+        interest: Arc<Interest>,
         presence: Arc<Presence>,
         bus: Bus,
         stream: Stream,
@@ -76,6 +80,7 @@ impl Node {
             node,
             verifier,
             hub,
+            interest,
             presence,
             bus,
             stream,

@@ -42,6 +42,7 @@ pub(crate) struct Running {
     pub(crate) http: SocketAddr,
     pub(crate) grpc: SocketAddr,
     pub(crate) node: String,
+    pub(crate) interest: std::sync::Arc<ws_push::interest::Interest>,
     pub(crate) stop: CancellationToken,
     pub(crate) task: tokio::task::JoinHandle<Result<(), ws_push::Error>>,
 }
@@ -53,11 +54,13 @@ impl Running {
         let http = app.http_addr();
         let grpc = app.grpc_addr();
         let node = app.node_name().to_owned();
+        let interest = app.interest();
         let task = tokio::spawn(app.run());
         Self {
             http,
             grpc,
             node,
+            interest,
             stop,
             task,
         }

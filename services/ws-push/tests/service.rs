@@ -1080,6 +1080,164 @@ async fn two_nodes_share_delivery_and_presence() {
     b.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_node_gets_from_nats_only_the_pushes_its_connections_need() {
+    let nats = NatsServer::start().unwrap();
+    let a = Running::start(config(&nats.url())).await;
+    let b = Running::start(config(&nats.url())).await;
+    let bus = bus(&nats.url()).await;
+    let (mut bob_on_a, _) = connect(&a, &token("bob")).await;
+    let (mut alice_on_b, _) = connect(&b, &token("alice")).await;
+    send(&mut alice_on_b, json!({"type": "subscribe", "channel": "news"})).await;
+    assert_eq!(next_json(&mut alice_on_b).await["type"], "subscribed");
+
+    let mut expected = Vec::new();
+    for i in 0..5 {
+        expected.push((
+            "user",
+            push(&bus, bus.subjects().push_user("alice"), "u", json!(i)).await,
+        ));
+    }
+    expected.push((
+        "channel:news",
+        push(&bus, bus.subjects().push_channel("news"), "c", json!(0)).await,
+    ));
+    let all = push(&bus, bus.subjects().push_all(), "a", json!(0)).await;
+    expected.push(("all", all));
+    for (source, offset) in expected {
+        let message = next_json(&mut alice_on_b).await;
+        assert_eq!(
+            (message["source"].as_str(), message["offset"].as_u64()),
+            (Some(source), Some(offset))
+        );
+    }
+    let message = next_json(&mut bob_on_a).await;
+    assert_eq!(
+        (message["source"].as_str(), message["offset"].as_u64()),
+        (Some("all"), Some(all))
+    );
+
+    // A has no connection of alice and no subscriber of news: nats-server sent it
+    // only the push to all. B got the seven its connection needed.
+    assert_eq!(a.interest.received(), 1, "node A got only the push to all");
+    assert_eq!(b.interest.received(), 7);
+    let alice = ws_push::delivery::Route::User("alice".into());
+    let news = ws_push::delivery::Route::Channel("news".into());
+    let on_a = a.interest.routes().await;
+    assert!(on_a.contains(&ws_push::delivery::Route::User("bob".into())));
+    assert!(!on_a.contains(&alice) && !on_a.contains(&news), "{on_a:?}");
+
+    // Alice's last connection on B goes: B unsubscribes from her and from news.
+    alice_on_b.close(None).await.unwrap();
+    eventually("B to let go of alice and news", || async {
+        let on_b = b.interest.routes().await;
+        (on_b == vec![ws_push::delivery::Route::All]).then_some(())
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn pushes_nats_server_did_not_send_are_refilled_from_the_stream_in_order() {
+    let nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let bus = bus(&nats.url()).await;
+    let (mut ws, _) = connect(&app, &token("alice")).await;
+
+    // SB_PUSH stops re-publishing for a moment: two pushes are stored that
+    // nats-server never sends the node.
+    let js = bus.jetstream();
+    let mut stream = js.get_stream(bus.subjects().stream_name("PUSH")).await.unwrap();
+    let mut stream_config = stream.info().await.unwrap().config.clone();
+    assert!(stream_config.republish.is_some(), "SB_PUSH re-publishes");
+    stream_config.republish = None;
+    js.update_stream(&stream_config).await.unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..2 {
+        offsets.push(push(&bus, bus.subjects().push_user("alice"), "u", json!(i)).await);
+    }
+
+    // A node that starts puts the re-publishing back (an existing stream without it
+    // is updated); the next push says which came before it on its subject.
+    let other = Running::start(config(&nats.url())).await;
+    assert!(stream.info().await.unwrap().config.republish.is_some());
+    offsets.push(push(&bus, bus.subjects().push_user("alice"), "u", json!(2)).await);
+
+    for (i, offset) in offsets.iter().enumerate() {
+        let message = next_json(&mut ws).await;
+        assert_eq!(
+            (message["source"].as_str(), message["offset"].as_u64()),
+            (Some("user"), Some(*offset))
+        );
+        assert_eq!(message["push"]["data"], i);
+    }
+    assert_eq!(app.interest.received(), 1, "the first two came from the stream");
+    other.shutdown().await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reads_what_it_missed_from_the_stream_after_a_nats_reconnect() {
+    let mut nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let (mut ws, _) = connect(&app, &token("alice")).await;
+    let publisher = bus(&nats.url()).await;
+    let publish = |i: u64| {
+        let publisher = publisher.clone();
+        async move {
+            // A fixed id makes a retry through the outage exactly-once in the stream.
+            let event = publisher
+                .event(switchboard_bus::event_types::PUSH, &json!({"type": "u", "data": i}))
+                .unwrap()
+                .with_id(format!("u-{i}"));
+            loop {
+                match publisher.publish(publisher.subjects().push_user("alice"), &event).await {
+                    Ok(ack) => return ack.sequence,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+    };
+    let mut offsets = vec![publish(0).await];
+    assert_eq!(next_json(&mut ws).await["offset"], offsets[0]);
+
+    // Two pushes are stored that nats-server never sends the node (re-publishing is
+    // off meanwhile), and none follows them: only the catch-up after the node
+    // reconnects to the restarted nats-server brings them.
+    let js = publisher.jetstream();
+    let mut stream_config = js
+        .get_stream(publisher.subjects().stream_name("PUSH"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    let republish = stream_config.republish.take();
+    js.update_stream(&stream_config).await.unwrap();
+    offsets.push(publish(1).await);
+    offsets.push(publish(2).await);
+    stream_config.republish = republish;
+    js.update_stream(&stream_config).await.unwrap();
+    tokio::task::block_in_place(|| nats.restart().unwrap());
+    for (i, offset) in offsets.iter().enumerate().skip(1) {
+        let message = next_json(&mut ws).await;
+        assert_eq!(
+            (message["source"].as_str(), message["offset"].as_u64()),
+            (Some("user"), Some(*offset))
+        );
+        assert_eq!(message["push"]["data"], i);
+    }
+    assert_eq!(app.interest.received(), 1, "the two came from the stream");
+
+    // And live delivery goes on.
+    let offset = publish(3).await;
+    assert_eq!(next_json(&mut ws).await["offset"], offset);
+    app.shutdown().await;
+}
+
 /// Kills the child on drop.
 struct Child(std::process::Child);
 
