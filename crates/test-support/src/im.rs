@@ -657,6 +657,21 @@ impl XmppPeer {
             loop {
                 match self.client.next().await {
                     Some(tokio_xmpp::Event::Stanza(stanza)) if matches(&stanza) => return stanza,
+                    Some(tokio_xmpp::Event::Disconnected(e)) => {
+                        eprintln!(
+                            "the XMPP peer {} was disconnected ({e}); tokio-xmpp reconnects",
+                            self.jid
+                        );
+                    }
+                    Some(tokio_xmpp::Event::Online { resumed: false, .. }) => {
+                        // tokio-xmpp reconnected by itself: the new session has no presence,
+                        // so chats to the bare JID would not reach it.
+                        eprintln!("the XMPP peer {} is online again: sending presence", self.jid);
+                        self.client
+                            .send_stanza(tokio_xmpp::parsers::presence::Presence::available().into())
+                            .await
+                            .expect("the XMPP peer sends presence");
+                    }
                     Some(_) => {}
                     None => panic!("the XMPP peer's stream ended"),
                 }

@@ -164,7 +164,7 @@ pub struct Engine {
     last_reload_error: Mutex<String>,
     failed_fingerprint: Mutex<Option<u64>>,
     stats: Mutex<HashMap<String, RuleStats>>,
-    keys: Mutex<HashMap<String, KeyState>>,
+    keys: Mutex<Keys>,
     /// The throttle and debounce KV buckets made so far, by kind (`HOOK_THROTTLE_<ms>`).
     shared: tokio::sync::Mutex<HashMap<String, kv::Store>>,
     consumers: tokio::sync::Mutex<HashMap<String, Running>>,
@@ -182,11 +182,45 @@ impl std::fmt::Debug for Engine {
 
 #[derive(Debug, Clone, Copy)]
 enum KeyState {
-    LastRun(Instant),
+    /// A throttled key: later events of it are skipped until then.
+    ThrottledUntil(Instant),
+    /// A debounced key with a burst pending: the generation of its latest event.
     Generation(u64),
 }
 
-const KEYS_KEPT: usize = 100_000;
+/// Throttle and debounce state this replica keeps per rule and key.
+#[derive(Debug)]
+struct Keys {
+    map: HashMap<String, KeyState>,
+    /// The size at which expired throttle entries are dropped next; doubles with the
+    /// live ones, so the scan stays amortised O(1) per insert however many are live.
+    prune_at: usize,
+}
+
+/// The smallest size at which [`Keys`] drops expired throttle entries.
+const KEYS_PRUNE_AT: usize = 4096;
+
+impl Keys {
+    fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+            prune_at: KEYS_PRUNE_AT,
+        }
+    }
+
+    /// Inserts, first dropping expired throttle entries when the map has grown to
+    /// `prune_at` (pending debounce entries stay: their bursts are still waiting).
+    fn insert(&mut self, key: String, state: KeyState, now: Instant) {
+        if self.map.len() >= self.prune_at {
+            self.map.retain(|_, v| match v {
+                KeyState::ThrottledUntil(until) => *until > now,
+                KeyState::Generation(_) => true,
+            });
+            self.prune_at = (self.map.len() * 2).max(KEYS_PRUNE_AT);
+        }
+        self.map.insert(key, state);
+    }
+}
 
 /// How much longer than the debounce wait a debounce entry is kept: long enough for
 /// the slowest replica to check it after its own wait.
@@ -270,7 +304,7 @@ impl Engine {
             last_reload_error: Mutex::new(String::new()),
             failed_fingerprint: Mutex::new(None),
             stats: Mutex::new(HashMap::new()),
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Keys::new()),
             shared: tokio::sync::Mutex::new(HashMap::new()),
             consumers: tokio::sync::Mutex::new(HashMap::new()),
             shutdown,
@@ -782,8 +816,8 @@ impl Engine {
         let local = format!("t\0{}\0{key}", rule.name);
         let now = Instant::now();
         if let Ok(keys) = self.keys.lock()
-            && let Some(KeyState::LastRun(last)) = keys.get(&local)
-            && now.duration_since(*last) < per
+            && let Some(KeyState::ThrottledUntil(until)) = keys.map.get(&local)
+            && now < *until
         {
             return false;
         }
@@ -802,15 +836,12 @@ impl Engine {
         // Deciding alone, check again under the lock: another of this replica's
         // runs of the key may have gone ahead since the first look.
         if !shared
-            && let Some(KeyState::LastRun(last)) = keys.get(&local)
-            && now.duration_since(*last) < per
+            && let Some(KeyState::ThrottledUntil(until)) = keys.map.get(&local)
+            && now < *until
         {
             return false;
         }
-        if keys.len() >= KEYS_KEPT {
-            keys.retain(|_, v| matches!(v, KeyState::LastRun(t) if now.duration_since(*t) < Duration::from_secs(3600)));
-        }
-        keys.insert(local, KeyState::LastRun(now));
+        keys.insert(local, KeyState::ThrottledUntil(now + per), now);
         true
     }
 
@@ -823,11 +854,11 @@ impl Engine {
         let local = format!("d\0{}\0{key}", rule.name);
         let mine = {
             let Ok(mut keys) = self.keys.lock() else { return false };
-            let next = match keys.get(&local) {
+            let next = match keys.map.get(&local) {
                 Some(KeyState::Generation(g)) => g.wrapping_add(1),
                 _ => 1,
             };
-            keys.insert(local.clone(), KeyState::Generation(next));
+            keys.insert(local.clone(), KeyState::Generation(next), Instant::now());
             next
         };
         let shared_key = shared_key(&rule.name, key);
@@ -848,9 +879,9 @@ impl Engine {
         }
         let latest_here = {
             let Ok(mut keys) = self.keys.lock() else { return false };
-            match keys.get(&local) {
+            match keys.map.get(&local) {
                 Some(KeyState::Generation(g)) if *g == mine => {
-                    keys.remove(&local);
+                    keys.map.remove(&local);
                     true
                 }
                 _ => false,
@@ -1084,5 +1115,30 @@ impl Engine {
             }
             Err(error) => tracing::error!(rule = %rule.name, %error, "cannot encode the dead letter"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_throttle_keys_are_dropped_and_pending_debounces_kept() {
+        let mut keys = Keys::new();
+        let now = Instant::now();
+        keys.insert("debounce".into(), KeyState::Generation(1), now);
+        for i in 0..KEYS_PRUNE_AT {
+            keys.insert(format!("expired-{i}"), KeyState::ThrottledUntil(now), now);
+        }
+        keys.insert(
+            "live".into(),
+            KeyState::ThrottledUntil(now + Duration::from_secs(60)),
+            now,
+        );
+        // Reaching KEYS_PRUNE_AT dropped every expired entry inserted before it.
+        assert_eq!(keys.map.len(), 3, "{:?}", keys.map.keys().collect::<Vec<_>>());
+        assert!(keys.map.contains_key("debounce"), "a pending burst survives");
+        assert!(keys.map.contains_key("live"));
+        assert_eq!(keys.prune_at, KEYS_PRUNE_AT);
     }
 }
