@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use switchboard_bus::Bus;
 use switchboard_flows::{
     ImServer, ImUser, JWT_SECRET, PATIENCE, PUSH_API_KEY, ServiceProcess, Socket, ami_bridge_toml, bus, example_rule,
-    open_browser, originate_from, wait_for_rule_consumers,
+    open_browser, originate_from, start_sim, wait_for_rule_consumers,
 };
 use switchboard_proto::ami::v1 as ami;
 use switchboard_proto::im::v1::{SendReply, SendRequest};
@@ -398,13 +398,7 @@ async fn main() {
     let nats = NatsServer::start().expect("nats-server");
     let im = ImServer::xmpp();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let sim = ami_bridge::sim::SimHandle::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        ami_bridge::sim::SimConfig::default(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("AMI simulator");
+    let sim = start_sim(&shutdown).await;
     // The XMPP users, before the services take the cores to start.
     let alice = im.user("alice").await;
     let bob = im.user("bob").await;

@@ -54,16 +54,22 @@ pub struct Pbx {
     pub bridge: tokio::task::JoinHandle<Result<(), ami_bridge::Error>>,
 }
 
-/// Starts the AMI simulator and ami-bridge with the PBX `pbx1` on it, and waits
-/// until the session is up (`sb.evt.ami.pbx1.link.up`).
-pub async fn start_pbx(nats: &NatsServer, shutdown: &CancellationToken) -> Pbx {
-    let sim = ami_bridge::sim::SimHandle::start(
+/// Starts the AMI simulator (default accounts and behaviour) on a free loopback port,
+/// until `shutdown`.
+pub async fn start_sim(shutdown: &CancellationToken) -> ami_bridge::sim::SimHandle {
+    ami_bridge::sim::SimHandle::start(
         "127.0.0.1:0".parse().expect("addr"),
         ami_bridge::sim::SimConfig::default(),
         shutdown.clone(),
     )
     .await
-    .expect("AMI simulator");
+    .expect("AMI simulator")
+}
+
+/// Starts the AMI simulator and ami-bridge with the PBX `pbx1` on it, and waits
+/// until the session is up (`sb.evt.ami.pbx1.link.up`).
+pub async fn start_pbx(nats: &NatsServer, shutdown: &CancellationToken) -> Pbx {
+    let sim = start_sim(shutdown).await;
     let observer = bus(nats).await;
     let mut link_up = observer
         .client()

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
 use switchboard_flows::{
     JWT_SECRET, PATIENCE, ServiceProcess, ami_bridge_toml, browser_token, bus, example_rule, next_push, open_browser,
-    originate, wait_for_rule_consumers,
+    originate, start_sim, wait_for_rule_consumers,
 };
 use switchboard_proto::ami::v1 as ami;
 use switchboard_test_support::{NatsServer, free_port, wait_for_port};
@@ -98,13 +98,7 @@ async fn f1_makes_one_trace_across_ami_bridge_hook_runner_and_ws_push() {
     );
 
     // The PBX, in this process; the three services as processes.
-    let sim = ami_bridge::sim::SimHandle::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        ami_bridge::sim::SimConfig::default(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("AMI simulator");
+    let sim = start_sim(&shutdown).await;
     let ami_config = ami_bridge_toml(sim.addr());
     let mut env = otlp_env(otlp);
     env.push(("SB_NATS__URL", nats.url()));

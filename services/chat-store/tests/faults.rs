@@ -2,6 +2,8 @@
 //! cluster (crashed and restarted under the running service) and nats-server; a
 //! graceful shutdown with sends in flight; two replicas sharing one user's rate limit.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -43,13 +45,7 @@ async fn start(nats: &NatsServer, database_url: &str) -> Running {
 /// [`start`] with `configure` applied last.
 async fn start_with(nats: &NatsServer, database_url: &str, configure: impl FnOnce(&mut Config)) -> Running {
     let data = tempfile::tempdir().expect("data dir");
-    let mut config = Config {
-        data_dir: data.path().to_owned(),
-        ..Config::default()
-    };
-    config.nats.url = nats.url();
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = common::service_config(nats.url(), data.path());
     config.database.url = Secret::new(database_url);
     config.auth.jwt_secret = Secret::new(SECRET);
     config.chat.rate_per_minute = 100_000;

@@ -42,13 +42,7 @@ async fn start(backend: Backend, configure: impl FnOnce(&mut Config)) -> Running
     let nats_server = NatsServer::start().expect("nats-server");
     let db = TestDb::new(backend).await;
     let data = tempfile::tempdir().expect("data dir");
-    let mut config = Config {
-        data_dir: data.path().to_owned(),
-        ..Config::default()
-    };
-    config.nats.url = nats_server.url();
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = common::service_config(nats_server.url(), data.path());
     config.database.url = Secret::new(db.url.clone());
     config.auth.jwt_secret = Secret::new(SECRET);
     config.auth.admin_ids = vec!["root".into()];
@@ -793,13 +787,7 @@ async fn a_wrong_s3_secret_stops_the_start_with_the_cause_and_without_the_secret
     let s3 = S3Server::start().expect("s3s-fs");
     let nats = NatsServer::start().expect("nats-server");
     let data = tempfile::tempdir().expect("data dir");
-    let mut config = Config {
-        data_dir: data.path().to_owned(),
-        ..Config::default()
-    };
-    config.nats.url = nats.url();
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = common::service_config(nats.url(), data.path());
     config.attachments.url = format!("s3://{}", s3.bucket);
     config.attachments.s3.endpoint = s3.endpoint();
     config.attachments.s3.allow_http = true;

@@ -1,9 +1,23 @@
 //! Test databases: a temp SQLite file, or a fresh PostgreSQL database per test
-//! (dropped afterwards), so tests run in parallel on both backends.
+//! (dropped afterwards), so tests run in parallel on both backends; and the config
+//! every test's service starts from.
 
 #![allow(dead_code)]
 
 use sea_orm::{ConnectionTrait, Database};
+
+/// A config with its data in `data_dir`, the bus at `nats_url`, HTTP and gRPC on free
+/// loopback ports; each test adds its database, auth and limits.
+pub fn service_config(nats_url: String, data_dir: &std::path::Path) -> chat_store::Config {
+    let mut config = chat_store::Config {
+        data_dir: data_dir.to_owned(),
+        ..chat_store::Config::default()
+    };
+    config.nats.url = nats_url;
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    config.grpc.listen = "127.0.0.1:0".parse().expect("addr");
+    config
+}
 
 /// The PostgreSQL server every test uses (trust auth).
 pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
