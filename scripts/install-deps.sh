@@ -16,7 +16,18 @@
 #   - PostgreSQL must be running on 127.0.0.1:5432 (the chat-store tests run on it too):
 #     started if installed and stopped.
 # Needs root (or sudo) for apt-get.
+#
+# `install-deps.sh --up` installs only what `switchboard up` needs (nats-server);
+# `install-deps.sh --demo` what `switchboard up --demo` needs (nats-server and
+# prosody, the demo's XMPP server). scripts/up.sh calls them.
 set -euo pipefail
+mode=all
+case "${1:-}" in
+    --up) mode=up ;;
+    --demo) mode=demo ;;
+    "") ;;
+    *) echo "usage: $0 [--up | --demo]" >&2; exit 2 ;;
+esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/env.sh
 . "$root/scripts/env.sh"
@@ -44,18 +55,27 @@ if [ "$(sb_nats_version)" -lt 21000 ]; then
     say "could not get nats-server >= 2.10 on PATH" >&2
     exit 1
 fi
+if [ "$mode" = up ]; then exit 0; fi
 
 # --- nats-py: the tests' subscriber written in another language than the services ---
-if ! python3 -c 'import nats' >/dev/null 2>&1; then
+if [ "$mode" = all ] && ! python3 -c 'import nats' >/dev/null 2>&1; then
     say "installing nats-py (PyPI)"
     python3 -m pip install -q --disable-pip-version-check nats-py
 fi
 
 # --- Debian packages -------------------------------------------------------------
 missing=()
+command -v prosody >/dev/null 2>&1 || missing+=(prosody)
+if [ "$mode" = demo ]; then
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "installing ${missing[*]} for the demo's IM"
+        apt_install "${missing[@]}"
+        $sudo service prosody stop >/dev/null 2>&1 || true
+    fi
+    exit 0
+fi
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubectl)
-command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || missing+=(inspircd)

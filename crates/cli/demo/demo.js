@@ -1,5 +1,7 @@
 // The demo page: operator 101's screen pop and the live event feed (one ws-push
-// connection as 101, subscribed to `demo-events`), the admin's ping (a connection as
+// connection as 101, subscribed to `demo-events`), the IM panel (alice's conversation
+// with the bot and bob's messages, from the same feed; alice's sends and the site's
+// notifications through the demo's endpoints), the admin's ping (a connection as
 // `admin`) and the hand-over of the admin token to chat-store's console (same origin,
 // sessionStorage). Tokens come from the demo's loopback-only token endpoint. Every
 // text from users or events is set with textContent only.
@@ -11,16 +13,7 @@
   var adminToken = null;
 
   function tokenFor(user) {
-    return fetch("/demo/token", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ user: user }),
-      credentials: "omit",
-      cache: "no-store",
-    }).then(function (r) {
-      if (!r.ok) throw new Error("no demo token for " + user + " (" + r.status + ")");
-      return r.json();
-    }).then(function (answer) {
+    return postJson("/demo/token", { user: user }).then(function (answer) {
       if (user === "admin") adminToken = answer.token;
       return answer;
     });
@@ -43,6 +36,37 @@
     li.appendChild(span);
     list.insertBefore(li, list.firstChild);
     while (list.children.length > MAX_ROWS) list.removeChild(list.lastChild);
+  }
+
+  function postJson(path, body) {
+    return fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (answer) {
+        if (!r.ok) throw new Error(answer.error || String(r.status));
+        return answer;
+      });
+    });
+  }
+
+  // The user part of a JID: "alice@example.org/switchboard" -> "alice".
+  function who(jid) {
+    return String(jid || "?").split("@")[0];
+  }
+
+  // An IM that reached one of the demo's XMPP accounts (im-bridge holds all three:
+  // `main` is the bot, `alice` and `bob` the demo users).
+  function showIm(account, d, time) {
+    var line = who(d.from) + " → " + (account === "main" ? "bot" : account) + ": " + (d.text || "");
+    if (account === "bob") {
+      addRow($("im-bob"), "im-in", time, line);
+    } else if (account === "alice" || who(d.from) === "alice") {
+      addRow($("im-alice"), account === "alice" ? "im-in" : "im-out", time, line);
+    }
   }
 
   function party(p) {
@@ -69,7 +93,7 @@
       return { kind: "chat", text: "chat " + (m.from || "?") + " → " + (m.to || "?") + ": " + what };
     }
     if (tokens[2] === "im") {
-      return { kind: "im", text: "IM from " + (d.from || "?") + ": " + (d.text || "") };
+      return { kind: "im", text: "IM to " + tokens[3] + " from " + (d.from || "?") + ": " + (d.text || "") };
     }
     if (tokens[2] === "push" && tokens[3] === "inbound") {
       var host = d.data && d.data.host ? d.data.host : "?";
@@ -112,6 +136,7 @@
       addRow($("events"), row.kind, clock(e.time), row.text);
       var tokens = String(e.subject || "").split(".");
       var d = e.data || {};
+      if (tokens[2] === "im" && tokens[4] === "message") showIm(tokens[3], d, clock(e.time));
       if (tokens[4] === "call" && (tokens[5] === "answered" || tokens[5] === "ended") && d.extension === "101") {
         var pop = $("pop");
         pop.className = "pop " + tokens[5];
@@ -123,6 +148,43 @@
     operator.connect();
     operator.subscribe("demo-events");
   }).catch(function (e) { $("status").textContent = e.message; });
+
+  // IM: on when the demo runs an XMPP server (prosody installed).
+  fetch("/demo/info", { credentials: "omit", cache: "no-store" }).then(function (r) {
+    if (!r.ok) throw new Error("demo info: " + r.status);
+    return r.json();
+  }).then(function (info) {
+    var panel = $("im-panel");
+    if (!info.im) {
+      panel.setAttribute("data-im", "off");
+      $("im-about").textContent = "No XMPP server: prosody is not installed, so F2, F3 and F7 are not shown " +
+        "(apt-get install prosody, or run scripts/up.sh --demo, which installs it). " +
+        "The F3 rule missed-call-im shows in the feed as failed.";
+      return;
+    }
+    panel.setAttribute("data-im", "on");
+    $("im-about").textContent = "A prosody for " + info.im.domain + " runs beside the demo: " + info.im.bot +
+      " is im-bridge's account main, which the example rules send through; im-bridge also holds " +
+      info.im.user + " and bob@" + info.im.domain + ", so what they receive shows here. " +
+      "Every few seconds the demo itself asks for a call, notifies and writes to the FIFO.";
+    $("im-fifo").textContent = "echo '/msg main " + info.im.user + " hello' > " + info.im.fifo;
+    $("im-on").hidden = false;
+  }).catch(function (e) { $("im-about").textContent = e.message; });
+
+  function sendForm(form, input, state, path) {
+    $(form).addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var text = $(input).value;
+      $(state).textContent = "sending…";
+      postJson(path, { text: text }).then(function () {
+        $(state).textContent = "sent";
+      }).catch(function (e) {
+        $(state).textContent = "refused: " + e.message;
+      });
+    });
+  }
+  sendForm("im-form", "im-text", "im-state", "/demo/im");
+  sendForm("site-form", "site-text", "site-state", "/demo/site");
 
   // The admin: F4's ping, answered only to this connection.
   var admin = null;

@@ -2,10 +2,12 @@
 //!
 //! [`prepare`] writes a config dir under the data dir (a random JWT secret shared by
 //! ws-push and chat-store, a random site API key, ami-bridge pointed at an `ami-sim`,
+//! im-bridge holding the demo's XMPP accounts when prosody runs (`crate::demo_xmpp`),
 //! hook-runner with the example rules plus a rule mirroring events to the ws-push
 //! channel [`EVENTS_CHANNEL`]). Once the services are ready, [`start`] runs a call
-//! generator and serves the demo page, which mints demo tokens server-side
-//! (loopback only) and proxies chat-store's widget, admin console and API so that
+//! generator and an IM generator (F2, F7) and serves the demo page, which mints demo
+//! tokens server-side (loopback only), lets the visitor write as alice and send a
+//! site notification, and proxies chat-store's widget, admin console and API so that
 //! everything is one origin. See docs/demo.md.
 
 use std::net::SocketAddr;
@@ -16,7 +18,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,6 +39,16 @@ pub const DEMO_USERS: [&str; 4] = ["101", "alice", "bob", "admin"];
 
 /// The PBX id of the simulator in subjects (`sb.evt.ami.pbx1...`).
 const PBX: &str = "pbx1";
+
+/// The site whose notifications the demo sends (`sb.evt.site.shop.notify`, flow F7).
+const SITE: &str = "shop";
+
+/// The demo user whom the IM flows involve: she asks the bot for calls (F2), owns
+/// extension 101 in the F3 rule and gets the site's notifications (F7).
+const IM_USER: &str = "alice@example.org";
+
+/// The longest text the page may send as alice or as the site.
+const MAX_DEMO_TEXT: usize = 500;
 
 const EXAMPLE_RULES: [(&str, &str); 5] = [
     (
@@ -78,6 +91,25 @@ pub struct DemoSetup {
     push_http: SocketAddr,
     chat_http: SocketAddr,
     listen: SocketAddr,
+    /// im-bridge's FIFO, when the demo has IM.
+    im_fifo: Option<PathBuf>,
+}
+
+impl DemoSetup {
+    /// im-bridge's FIFO for scripts, when the demo has an XMPP server.
+    pub fn im_fifo(&self) -> Option<&Path> {
+        self.im_fifo.as_deref()
+    }
+}
+
+/// The AMI simulator the demo's ami-bridge logs in to.
+pub struct Simulator<'a> {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The AMI user name.
+    pub user: &'a str,
+    /// Its secret.
+    pub secret: &'a str,
 }
 
 /// 32 random bytes in hex.
@@ -163,13 +195,13 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// Writes the demo configs under `data_dir/demo`: the user's `<service>.toml` from
 /// `user_config_dir` (if any) with the demo's settings added where they say nothing.
-/// `listen` is where the demo page will be served.
+/// `listen` is where the demo page will be served; with `xmpp`, im-bridge holds its
+/// accounts and reads a FIFO in the demo dir.
 pub fn prepare(
     data_dir: &Path,
     user_config_dir: Option<&Path>,
-    sim: SocketAddr,
-    sim_user: &str,
-    sim_secret: &str,
+    sim: Simulator<'_>,
+    xmpp: Option<&crate::demo_xmpp::DemoXmpp>,
     listen: SocketAddr,
     services: &[(&str, u16)],
 ) -> anyhow::Result<DemoSetup> {
@@ -185,6 +217,7 @@ pub fn prepare(
 
     let jwt_secret = random_secret();
     let api_key = random_secret();
+    let im_fifo = xmpp.map(|_| demo_dir.join("im.fifo"));
     let origin = format!("http://{listen}");
     let mut tables = Vec::new();
     for (name, _) in services {
@@ -212,10 +245,21 @@ pub fn prepare(
             "ami-bridge" => toml::toml! {
                 [[pbx]]
                 id = PBX
-                host = (sim.ip().to_string())
-                port = (i64::from(sim.port()))
-                username = sim_user
-                secret = sim_secret
+                host = (sim.addr.ip().to_string())
+                port = (i64::from(sim.addr.port()))
+                username = (sim.user)
+                secret = (sim.secret)
+            },
+            "im-bridge" => match (xmpp, &im_fifo) {
+                (Some(xmpp), Some(fifo)) => {
+                    let mut table = toml::toml! {
+                        [script]
+                        fifo = (fifo.display().to_string())
+                    };
+                    table.insert("account".to_owned(), xmpp.im_bridge_accounts());
+                    table
+                }
+                _ => toml::Table::new(),
             },
             "ws-push" => toml::toml! {
                 [auth]
@@ -247,6 +291,7 @@ pub fn prepare(
         push_http,
         chat_http,
         listen,
+        im_fifo,
     })
 }
 
@@ -262,18 +307,7 @@ const CALLERS: [(&str, &str); 6] = [
 
 /// Originates a call every `interval` from a random caller to 101 (answered) or 102
 /// (busy, so missed) on the simulator until `shutdown`.
-async fn call_generator(nats_url: String, interval: Duration, shutdown: CancellationToken) {
-    let config = NatsConfig {
-        url: nats_url,
-        ..Default::default()
-    };
-    let bus = match Bus::connect(&config, "switchboard-demo").await {
-        Ok(bus) => bus,
-        Err(error) => {
-            crate::up::say(&format!("demo call generator cannot connect to NATS: {error}"));
-            return;
-        }
-    };
+async fn call_generator(bus: Bus, interval: Duration, shutdown: CancellationToken) {
     let subject = format!("sb.cmd.ami.{PBX}.action");
     loop {
         let (extension, (number, name), hold) = {
@@ -306,6 +340,73 @@ async fn call_generator(nats_url: String, interval: Duration, shutdown: Cancella
     }
 }
 
+/// The IM flows, one every `interval`, in turn: alice asks the bot to call 101 (F2),
+/// the site notifies alice through the rule `site-to-im` (F7), and a script writes a
+/// line to im-bridge's FIFO (F7). F3 needs nothing more: the missed calls to 102 make it.
+async fn im_generator(bus: Bus, fifo: PathBuf, interval: Duration, shutdown: CancellationToken) {
+    let mut order = 1000_u32;
+    for step in 0_u64.. {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let (flow, outcome) = match step % 3 {
+            0 => ("alice's \"call 101\"", alice_writes(&bus, "call 101").await.map(drop)),
+            1 => {
+                order += 1;
+                let text = format!("Order #{order} has shipped");
+                ("the site's notification", site_notifies(&bus, &text).await.map(drop))
+            }
+            _ => {
+                let line = format!("/msg main {IM_USER} Backup finished at {} UTC", utc_clock());
+                ("the script's FIFO line", write_fifo(&fifo, &line).await)
+            }
+        };
+        if let Err(error) = outcome {
+            crate::up::say(&format!("demo: {flow} not sent: {error:#}"));
+        }
+    }
+}
+
+/// alice sends `text` to the bot over XMPP (through her im-bridge account).
+async fn alice_writes(bus: &Bus, text: &str) -> anyhow::Result<Value> {
+    let request = json!({ "to": crate::demo_xmpp::BOT, "text": text, "kind": "CHAT_KIND_DIRECT" });
+    Ok(bus
+        .request::<_, Value>("sb.cmd.im.alice.send", &request, Some(Duration::from_secs(10)))
+        .await?)
+}
+
+/// The site [`SITE`] publishes a notification for alice; returns the event's id.
+async fn site_notifies(bus: &Bus, text: &str) -> anyhow::Result<String> {
+    let event = bus.event("com.example.shop.notify.v1", &json!({ "to": IM_USER, "text": text }))?;
+    bus.publish(format!("sb.evt.site.{SITE}.notify"), &event).await?;
+    Ok(event.id)
+}
+
+/// Writes one line to im-bridge's FIFO as a shell script would; fails at once when
+/// nobody reads it (non-blocking open) instead of hanging.
+async fn write_fifo(fifo: &Path, line: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let fifo = fifo.to_path_buf();
+    let line = format!("{line}\n");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&fifo)
+            .with_context(|| format!("opening {}", fifo.display()))?;
+        pipe.write_all(line.as_bytes())?;
+        Ok(())
+    })
+    .await?
+}
+
+fn utc_clock() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:02}:{:02}:{:02}", now.hour(), now.minute(), now.second())
+}
+
 #[derive(Clone)]
 struct Web {
     jwt_secret: String,
@@ -315,15 +416,25 @@ struct Web {
     chat_base: String,
     push_base: String,
     http: reqwest::Client,
+    bus: Bus,
+    im_fifo: Option<PathBuf>,
 }
 
-/// Runs the call generator and the demo page until `shutdown`; returns the page's URL.
+/// Runs the call and IM generators and the demo page until `shutdown`; returns the
+/// page's URL.
 pub async fn start(
     setup: &DemoSetup,
     nats_url: String,
     call_interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<String> {
+    let config = NatsConfig {
+        url: nats_url,
+        ..Default::default()
+    };
+    let bus = Bus::connect(&config, "switchboard-demo")
+        .await
+        .context("the demo cannot connect to NATS")?;
     let listener = tokio::net::TcpListener::bind(setup.listen)
         .await
         .with_context(|| format!("the demo page cannot listen on {}", setup.listen))?;
@@ -345,6 +456,8 @@ pub async fn start(
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
             .build()?,
+        bus: bus.clone(),
+        im_fifo: setup.im_fifo.clone(),
     };
     let app = Router::new()
         .route(
@@ -369,6 +482,9 @@ pub async fn start(
         )
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/demo/token", post(token))
+        .route("/demo/info", get(info))
+        .route("/demo/im", post(im))
+        .route("/demo/site", post(site))
         .fallback(proxy)
         .with_state(web);
     let serve_shutdown = shutdown.clone();
@@ -380,7 +496,15 @@ pub async fn start(
             crate::up::say(&format!("the demo page stopped: {error}"));
         }
     });
-    tokio::spawn(call_generator(nats_url, call_interval, shutdown));
+    if let Some(fifo) = &setup.im_fifo {
+        tokio::spawn(im_generator(
+            bus.clone(),
+            fifo.clone(),
+            call_interval * 3,
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(call_generator(bus, call_interval, shutdown));
     Ok(format!("http://{addr}/"))
 }
 
@@ -402,26 +526,49 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// `POST /demo/token` `{"user": "alice"}`: a token for one of [`DEMO_USERS`], only to
-/// a loopback peer that named the demo's own host (no DNS rebinding).
-async fn token(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::Json<Value>,
-) -> Response {
-    if !peer.ip().is_loopback() {
-        return refuse(StatusCode::FORBIDDEN, "demo tokens are for loopback clients only");
+/// Why a `/demo/...` request is refused: the status and the message answered.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        refuse(self.0, &self.1)
     }
-    if headers.get(header::HOST).and_then(|h| h.to_str().ok()) != Some(web.host.as_str()) {
-        return refuse(StatusCode::FORBIDDEN, "unexpected Host");
+}
+
+/// A caller the `/demo/...` endpoints answer: a loopback peer that named the demo's
+/// own host (no DNS rebinding). The POSTs also take only JSON bodies, so a
+/// cross-site form cannot call them.
+struct DemoCaller;
+
+impl FromRequestParts<Web> for DemoCaller {
+    type Rejection = Refused;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Refused> {
+        let loopback = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+        if !loopback {
+            return Err(Refused(
+                StatusCode::FORBIDDEN,
+                "the demo answers loopback clients only".into(),
+            ));
+        }
+        if parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) != Some(web.host.as_str()) {
+            return Err(Refused(StatusCode::FORBIDDEN, "unexpected Host".into()));
+        }
+        Ok(Self)
     }
+}
+
+/// `POST /demo/token` `{"user": "alice"}`: a token for one of [`DEMO_USERS`].
+async fn token(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Value>) -> Result<Response, Refused> {
     let Some(user) = body
         .get("user")
         .and_then(Value::as_str)
         .filter(|u| DEMO_USERS.contains(u))
     else {
-        return refuse(StatusCode::NOT_FOUND, "not a demo user");
+        return Err(Refused(StatusCode::NOT_FOUND, "not a demo user".into()));
     };
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -437,18 +584,74 @@ async fn token(
     if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
         claims.extend(extra.clone());
     }
-    match jsonwebtoken::encode(
+    let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(web.jwt_secret.as_bytes()),
-    ) {
-        Ok(token) => (
-            [(header::CACHE_CONTROL, "no-store")],
-            axum::Json(json!({ "user": user, "token": token, "pushUrl": web.push_url })),
-        )
-            .into_response(),
-        Err(error) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    )
+    .map_err(|error| Refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?;
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({ "user": user, "token": token, "pushUrl": web.push_url })),
+    )
+        .into_response())
+}
+
+/// `GET /demo/info`: whether the demo has IM, and its addresses, for the page.
+async fn info(State(web): State<Web>, _caller: DemoCaller) -> Result<Response, Refused> {
+    let im = web.im_fifo.as_ref().map(|fifo| {
+        json!({
+            "domain": crate::demo_xmpp::DOMAIN,
+            "bot": crate::demo_xmpp::BOT,
+            "user": IM_USER,
+            "site": SITE,
+            "fifo": fifo.display().to_string(),
+        })
+    });
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(json!({ "im": im }))).into_response())
+}
+
+/// The `text` of a `/demo/im` or `/demo/site` body: not blank, at most
+/// [`MAX_DEMO_TEXT`] bytes.
+fn demo_text(body: &Value) -> Result<&str, Refused> {
+    match body.get("text").and_then(Value::as_str) {
+        Some(text) if !text.trim().is_empty() && text.len() <= MAX_DEMO_TEXT => Ok(text),
+        _ => Err(Refused(
+            StatusCode::BAD_REQUEST,
+            format!("text: 1 to {MAX_DEMO_TEXT} bytes, not blank"),
+        )),
     }
+}
+
+/// Refuses IM requests when the demo runs no XMPP server.
+fn check_im(web: &Web) -> Result<(), Refused> {
+    if web.im_fifo.is_none() {
+        return Err(Refused(
+            StatusCode::NOT_FOUND,
+            "the demo has no IM: prosody is not installed".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn bad_gateway(error: anyhow::Error) -> Refused {
+    Refused(StatusCode::BAD_GATEWAY, format!("{error:#}"))
+}
+
+/// `POST /demo/im` `{"text": "call 101"}`: alice writes it to the bot (F2 when it
+/// asks for a call). Answers im-bridge's reply.
+async fn im(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Value>) -> Result<Response, Refused> {
+    check_im(&web)?;
+    let reply = alice_writes(&web.bus, demo_text(&body)?).await.map_err(bad_gateway)?;
+    Ok(axum::Json(reply).into_response())
+}
+
+/// `POST /demo/site` `{"text": "..."}`: the site [`SITE`] notifies alice (F7 through
+/// the rule `site-to-im`). Answers the event's id.
+async fn site(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Value>) -> Result<Response, Refused> {
+    check_im(&web)?;
+    let id = site_notifies(&web.bus, demo_text(&body)?).await.map_err(bad_gateway)?;
+    Ok(axum::Json(json!({ "id": id })).into_response())
 }
 
 /// The request headers passed on to the proxied services.

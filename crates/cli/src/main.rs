@@ -3,6 +3,7 @@
 
 mod bus_tools;
 mod demo;
+mod demo_xmpp;
 mod up;
 
 use std::process::ExitCode;

@@ -81,7 +81,7 @@ pub(crate) fn say(text: &str) {
     eprintln!("{} {text}", paint("1", "switchboard ▸"));
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])
@@ -89,7 +89,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-async fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
+pub(crate) async fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -228,12 +228,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let sim_secret = crate::demo::random_secret();
         let (sim, sim_addr) = crate::demo::start_ami_sim(&bin_dir, "sb", &sim_secret).await?;
         say(&format!("demo: ami-sim listening on {sim_addr}"));
+        let xmpp = crate::demo_xmpp::DemoXmpp::start(&data_dir.join("demo")).await?;
+        match &xmpp {
+            Some(xmpp) => say(&format!(
+                "demo: prosody on {} for {}: {} (im-bridge's account main), alice and bob",
+                xmpp.addr,
+                crate::demo_xmpp::DOMAIN,
+                crate::demo_xmpp::BOT
+            )),
+            None => say(&paint(
+                "33",
+                "demo: prosody is not installed, so no IM (F2, F3, F7): apt-get install prosody (scripts/up.sh --demo does)",
+            )),
+        }
         let setup = crate::demo::prepare(
             &data_dir,
             args.config_dir.as_deref(),
-            sim_addr,
-            "sb",
-            &sim_secret,
+            crate::demo::Simulator {
+                addr: sim_addr,
+                user: "sb",
+                secret: &sim_secret,
+            },
+            xmpp.as_ref(),
             args.demo_listen,
             &SERVICES,
         )?;
@@ -241,8 +257,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             "demo: configs with a fresh JWT secret and site API key in {} (readable by you only)",
             setup.config_dir.display()
         ));
+        if let Some(fifo) = setup.im_fifo() {
+            say(&format!(
+                "demo: a shell script can send IM too: echo '/msg main alice@example.org hello' > {}",
+                fifo.display()
+            ));
+        }
         config_dir = Some(setup.config_dir.clone());
-        Some((sim, setup))
+        Some((sim, xmpp, setup))
     } else {
         None
     };
@@ -313,7 +335,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             _ = shutdown.cancelled() => break,
         }
     }
-    if let Some((_, setup)) = &demo
+    if let Some((_, _, setup)) = &demo
         && !shutdown.is_cancelled()
     {
         let interval = Duration::from_secs(args.demo_call_interval_secs.max(1));
@@ -335,9 +357,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     for task in tasks {
         let _ = task.await;
     }
-    if let Some((mut sim, _)) = demo {
+    if let Some((mut sim, xmpp, _)) = demo {
         let _ = sim.kill().await;
         say("demo: ami-sim stopped");
+        if let Some(xmpp) = xmpp {
+            xmpp.stop().await;
+            say("demo: prosody stopped");
+        }
     }
     if let Some(nats) = local_nats {
         nats.stop().await;

@@ -4,8 +4,11 @@
 //! endpoint answers for the four demo users only; within 60 s the simulated calls
 //! produce a screen pop for operator 101 and call events on the `demo-events`
 //! channel, both through ws-push over a real WebSocket; the admin's ping (F4) answers
-//! the admin; chat-store's API is reachable on the page's origin; the generated
-//! secrets stay out of the logs; SIGINT stops everything.
+//! the admin; chat-store's API is reachable on the page's origin; over the demo's
+//! prosody, the bot answers alice's "call 101" (F2), bob hears of a missed call (F3),
+//! and alice gets the site's notification and a script's FIFO line (F7), both from
+//! the IM generator and from the page's endpoints; the generated secrets stay out of
+//! the logs; SIGINT stops everything.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -114,6 +117,12 @@ fn start_up(work: &Path, demo_port: u16, nats_port: u16) -> Up {
     collect(child.stdout.take().expect("stdout"), log.clone(), None);
     collect(child.stderr.take().expect("stderr"), log.clone(), Some(lines_tx));
     Up { child, lines, log }
+}
+
+/// Asserts that `up` printed a line containing `needle` so far.
+fn up_log_contains(up: &Up, needle: &str) {
+    let log = up.log.lock().expect("log");
+    assert!(log.contains(needle), "`{needle}` not printed; up printed:\n{log}");
 }
 
 /// Whether `html` has an attribute like ` onclick=` (inline script).
@@ -344,6 +353,101 @@ async fn up_demo_serves_the_page_tokens_and_live_calls() {
     let refused = next_json(&mut alice).await;
     assert_eq!(refused["type"], "error", "{refused}");
 
+    // IM (F2, F3, F7) over the demo's prosody; the page's endpoints refuse bad input.
+    up_log_contains(&up, "demo: prosody on 127.0.0.1:");
+    let info: Value = http
+        .get(format!("{base}/demo/info"))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("info JSON");
+    assert_eq!(info["im"]["domain"], "example.org", "{info}");
+    assert_eq!(info["im"]["bot"], "bot@example.org", "{info}");
+    for (path, body, status) in [
+        ("/demo/im", json!({ "text": "  " }), 400),
+        ("/demo/im", json!({ "text": "x".repeat(501) }), 400),
+        ("/demo/site", json!({ "nothing": 1 }), 400),
+    ] {
+        let answer = http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("demo post");
+        assert_eq!(answer.status(), status, "{path} {body}");
+    }
+    let rebinding = http
+        .post(format!("{base}/demo/site"))
+        .header("host", "evil.example")
+        .json(&json!({ "text": "from elsewhere" }))
+        .send()
+        .await
+        .expect("rebinding post");
+    assert_eq!(rebinding.status(), 403);
+    let sent: Value = http
+        .post(format!("{base}/demo/im"))
+        .json(&json!({ "text": "hello bot, from the test" }))
+        .send()
+        .await
+        .expect("im post")
+        .json()
+        .await
+        .expect("im reply");
+    assert!(sent["messageId"].as_str().is_some_and(|id| !id.is_empty()), "{sent}");
+    let posted = http
+        .post(format!("{base}/demo/site"))
+        .json(&json!({ "text": "Your invoice from the test is ready" }))
+        .send()
+        .await
+        .expect("site post");
+    assert_eq!(posted.status(), 200);
+    let wanted: [(&str, &str, &str); 6] = [
+        ("F2: the bot answers alice's call", "alice", "Calling 101: Success"),
+        (
+            "F3: bob hears of a missed call on 102",
+            "bob",
+            "Missed call on 102 from 555",
+        ),
+        ("F7: the generator's site notification", "alice", "[shop] Order #"),
+        ("F7: the generator's FIFO line", "alice", "Backup finished at"),
+        ("the page's message reaches the bot", "main", "hello bot, from the test"),
+        (
+            "F7: the page's site notification",
+            "alice",
+            "[shop] Your invoice from the test is ready",
+        ),
+    ];
+    let mut seen = vec![None; wanted.len()];
+    let deadline = Instant::now() + PATIENCE;
+    while seen.iter().any(Option::is_none) {
+        let missing: Vec<_> = wanted
+            .iter()
+            .zip(&seen)
+            .filter(|(_, s)| s.is_none())
+            .map(|(w, _)| w.0)
+            .collect();
+        assert!(Instant::now() < deadline, "within 60 s, not seen: {missing:?}");
+        let frame = next_json(&mut operator).await;
+        let event = &frame["push"]["data"];
+        let Some(account) = event["subject"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("sb.evt.im."))
+            .and_then(|s| s.strip_suffix(".message"))
+        else {
+            continue;
+        };
+        let text = event["data"]["text"].as_str().unwrap_or_default();
+        for (index, (_, to, start)) in wanted.iter().enumerate() {
+            if account == *to && text.starts_with(start) {
+                seen[index] = Some(event["data"]["from"].clone());
+            }
+        }
+    }
+    assert_eq!(seen[0], Some(json!("bot@example.org")), "the bot answered alice");
+    assert_eq!(seen[4], Some(json!("alice@example.org")), "alice wrote to the bot");
+
     // The generated secrets are private and never logged.
     let config = work.path().join("data/demo/config/ws-push.toml");
     let text = std::fs::read_to_string(&config).expect("ws-push.toml");
@@ -362,6 +466,18 @@ async fn up_demo_serves_the_page_tokens_and_live_calls() {
     assert!(status.success(), "up exited with {status}");
     let log = up.log.lock().expect("log").clone();
     assert!(log.contains("demo: ami-sim stopped"), "{log}");
+    assert!(log.contains("demo: prosody stopped"), "{log}");
+    let im_bridge: toml::Table = std::fs::read_to_string(work.path().join("data/demo/config/im-bridge.toml"))
+        .expect("im-bridge.toml")
+        .parse()
+        .expect("toml");
+    let accounts = im_bridge["account"].as_array().expect("accounts");
+    assert_eq!(accounts.len(), 3, "bot, alice, bob");
+    for account in accounts {
+        let password = account["password"].as_str().expect("password");
+        assert!(password.len() >= 32);
+        assert!(!log.contains(password), "an XMPP password is in the logs");
+    }
     assert!(!log.contains(&secret), "the JWT secret is in the logs");
     assert!(!log.contains(&api_key), "the API key is in the logs");
     for token in tokens.values() {
