@@ -130,6 +130,10 @@
       $("pop-name").textContent = d.name || "";
       addRow($("pop-history"), "pop", clock(), party({ number: d.number, name: d.name }));
     });
+    operator.on("push:notice", function (m) {
+      var d = m.push.data || {};
+      addRow($("notices"), "notice", clock(), (d.site ? "[" + d.site + "] " : "") + (d.text || ""));
+    });
     operator.on("push:demo.event", function (m) {
       var e = m.push.data || {};
       var row = describe(e);
@@ -171,13 +175,14 @@
     $("im-on").hidden = false;
   }).catch(function (e) { $("im-about").textContent = e.message; });
 
-  function sendForm(form, input, state, path) {
+  // A form that posts its text to `path`; `describe(answer)` says how it went.
+  function sendForm(form, input, state, path, describe) {
     $(form).addEventListener("submit", function (ev) {
       ev.preventDefault();
       var text = $(input).value;
       $(state).textContent = "sending…";
-      postJson(path, { text: text }).then(function () {
-        $(state).textContent = "sent";
+      postJson(path, { text: text }).then(function (answer) {
+        $(state).textContent = describe ? describe(answer) : "sent";
       }).catch(function (e) {
         $(state).textContent = "refused: " + e.message;
       });
@@ -185,6 +190,9 @@
   }
   sendForm("im-form", "im-text", "im-state", "/demo/im");
   sendForm("site-form", "site-text", "site-state", "/demo/site");
+  sendForm("notify-form", "notify-text", "notify-state", "/demo/notify", function (answer) {
+    return "ws-push: 101 is " + (answer.online ? "online on " + answer.connections + " connection(s)" : "offline");
+  });
 
   // The admin: F4's ping, answered only to this connection.
   var admin = null;

@@ -40,8 +40,13 @@ pub const DEMO_USERS: [&str; 4] = ["101", "alice", "bob", "admin"];
 /// The PBX id of the simulator in subjects (`sb.evt.ami.pbx1...`).
 const PBX: &str = "pbx1";
 
-/// The site whose notifications the demo sends (`sb.evt.site.shop.notify`, flow F7).
+/// The site whose notifications the demo sends (`sb.evt.site.shop.notify` for F7,
+/// pushes over ws-push's site API for F5).
 const SITE: &str = "shop";
+
+/// The operator on the page: screen pops for extension 101 (F1) and the site's
+/// pushes (F5) reach this user.
+const OPERATOR: &str = "101";
 
 /// The demo user whom the IM flows involve: she asks the bot for calls (F2), owns
 /// extension 101 in the F3 rule and gets the site's notifications (F7).
@@ -88,6 +93,8 @@ pub struct DemoSetup {
     /// The generated `<service>.toml` files.
     pub config_dir: PathBuf,
     jwt_secret: String,
+    /// ws-push's site API key (F5).
+    site_api_key: String,
     push_http: SocketAddr,
     chat_http: SocketAddr,
     listen: SocketAddr,
@@ -288,6 +295,7 @@ pub fn prepare(
     Ok(DemoSetup {
         config_dir,
         jwt_secret,
+        site_api_key: api_key,
         push_http,
         chat_http,
         listen,
@@ -340,32 +348,69 @@ async fn call_generator(bus: Bus, interval: Duration, shutdown: CancellationToke
     }
 }
 
-/// The IM flows, one every `interval`, in turn: alice asks the bot to call 101 (F2),
-/// the site notifies alice through the rule `site-to-im` (F7), and a script writes a
-/// line to im-bridge's FIFO (F7). F3 needs nothing more: the missed calls to 102 make it.
-async fn im_generator(bus: Bus, fifo: PathBuf, interval: Duration, shutdown: CancellationToken) {
+/// The flows the demo drives besides calls, one every `interval`, in turn: the site
+/// pushes a notice to operator [`OPERATOR`] over ws-push's HTTP API (F5) and, with
+/// IM, alice asks the bot to call 101 (F2), the site notifies alice through the rule
+/// `site-to-im` (F7) and a script writes a line to im-bridge's FIFO (F7). F3 needs
+/// nothing more: the missed calls to 102 make it.
+async fn flow_generator(web: Web, interval: Duration, shutdown: CancellationToken) {
+    let steps = if web.im_fifo.is_some() { 4 } else { 1 };
     let mut order = 1000_u32;
     for step in 0_u64.. {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
         }
-        let (flow, outcome) = match step % 3 {
-            0 => ("alice's \"call 101\"", alice_writes(&bus, "call 101").await.map(drop)),
-            1 => {
-                order += 1;
+        order += 1;
+        let (flow, outcome) = match (step % steps, &web.im_fifo) {
+            (1, Some(_)) => (
+                "alice's \"call 101\"",
+                alice_writes(&web.bus, "call 101").await.map(drop),
+            ),
+            (2, Some(_)) => {
                 let text = format!("Order #{order} has shipped");
-                ("the site's notification", site_notifies(&bus, &text).await.map(drop))
+                (
+                    "the site's IM notification",
+                    site_notifies(&web.bus, &text).await.map(drop),
+                )
+            }
+            (3, Some(fifo)) => {
+                let line = format!("/msg main {IM_USER} Backup finished at {} UTC", utc_clock());
+                ("the script's FIFO line", write_fifo(fifo, &line).await)
             }
             _ => {
-                let line = format!("/msg main {IM_USER} Backup finished at {} UTC", utc_clock());
-                ("the script's FIFO line", write_fifo(&fifo, &line).await)
+                let text = format!("Payment #{order} received, thank you");
+                ("the site's push", site_pushes(&web, &text).await.map(drop))
             }
         };
         if let Err(error) = outcome {
             crate::up::say(&format!("demo: {flow} not sent: {error:#}"));
         }
     }
+}
+
+/// The site pushes a `notice` to [`OPERATOR`] through ws-push's HTTP API with the
+/// site API key, as a PHP site would (F5); returns ws-push's answer (`offset`,
+/// `epoch`, `online`, `connections`).
+async fn site_pushes(web: &Web, text: &str) -> anyhow::Result<Value> {
+    let request = json!({
+        "target": { "user": OPERATOR },
+        "push": { "type": "notice", "data": { "text": text, "site": SITE } },
+    });
+    let answer = web
+        .http
+        .post(format!("{}/api/v1/publish", web.push_base))
+        .bearer_auth(&web.site_api_key)
+        .json(&request)
+        .send()
+        .await
+        .map_err(reqwest::Error::without_url)?;
+    let status = answer.status();
+    let body: Value = answer.json().await.map_err(reqwest::Error::without_url)?;
+    if !status.is_success() {
+        bail!("ws-push answered {status}: {body}");
+    }
+    Ok(body)
 }
 
 /// alice sends `text` to the bot over XMPP (through her im-bridge account).
@@ -417,6 +462,7 @@ struct Web {
     push_base: String,
     http: reqwest::Client,
     bus: Bus,
+    site_api_key: String,
     im_fifo: Option<PathBuf>,
 }
 
@@ -457,6 +503,7 @@ pub async fn start(
             .timeout(Duration::from_secs(30))
             .build()?,
         bus: bus.clone(),
+        site_api_key: setup.site_api_key.clone(),
         im_fifo: setup.im_fifo.clone(),
     };
     let app = Router::new()
@@ -485,8 +532,9 @@ pub async fn start(
         .route("/demo/info", get(info))
         .route("/demo/im", post(im))
         .route("/demo/site", post(site))
+        .route("/demo/notify", post(notify))
         .fallback(proxy)
-        .with_state(web);
+        .with_state(web.clone());
     let serve_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -496,14 +544,7 @@ pub async fn start(
             crate::up::say(&format!("the demo page stopped: {error}"));
         }
     });
-    if let Some(fifo) = &setup.im_fifo {
-        tokio::spawn(im_generator(
-            bus.clone(),
-            fifo.clone(),
-            call_interval * 3,
-            shutdown.clone(),
-        ));
-    }
+    tokio::spawn(flow_generator(web.clone(), call_interval * 2, shutdown.clone()));
     tokio::spawn(call_generator(bus, call_interval, shutdown));
     Ok(format!("http://{addr}/"))
 }
@@ -577,7 +618,7 @@ async fn token(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Val
         .as_secs();
     let mut claims = json!({ "sub": user, "exp": exp });
     let extra = match user {
-        "101" => json!({ "channels": [EVENTS_CHANNEL] }),
+        OPERATOR => json!({ "channels": [EVENTS_CHANNEL] }),
         "admin" => json!({ "admin": true, "channels": ["chat-admin", EVENTS_CHANNEL], "topics": ["admin-ping"] }),
         _ => json!({}),
     };
@@ -652,6 +693,14 @@ async fn site(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Valu
     check_im(&web)?;
     let id = site_notifies(&web.bus, demo_text(&body)?).await.map_err(bad_gateway)?;
     Ok(axum::Json(json!({ "id": id })).into_response())
+}
+
+/// `POST /demo/notify` `{"text": "..."}`: the site pushes a notice to the operator
+/// over ws-push's HTTP API (F5). Answers ws-push's answer: is the user online, on how
+/// many connections.
+async fn notify(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Value>) -> Result<Response, Refused> {
+    let answer = site_pushes(&web, demo_text(&body)?).await.map_err(bad_gateway)?;
+    Ok(axum::Json(answer).into_response())
 }
 
 /// The request headers passed on to the proxied services.

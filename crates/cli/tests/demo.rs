@@ -4,7 +4,8 @@
 //! endpoint answers for the four demo users only; within 60 s the simulated calls
 //! produce a screen pop for operator 101 and call events on the `demo-events`
 //! channel, both through ws-push over a real WebSocket; the admin's ping (F4) answers
-//! the admin; chat-store's API is reachable on the page's origin; over the demo's
+//! the admin; chat-store's API is reachable on the page's origin; the site's push over
+//! ws-push's HTTP API reaches 101 and answers online (F5); over the demo's
 //! prosody, the bot answers alice's "call 101" (F2), bob hears of a missed call (F3),
 //! and alice gets the site's notification and a script's FIFO line (F7), both from
 //! the IM generator and from the page's endpoints; the generated secrets stay out of
@@ -352,6 +353,34 @@ async fn up_demo_serves_the_page_tokens_and_live_calls() {
     .await;
     let refused = next_json(&mut alice).await;
     assert_eq!(refused["type"], "error", "{refused}");
+
+    // F5: the site's push through ws-push's HTTP API reaches 101, online; and the
+    // flow generator's own pushes come too.
+    let answer: Value = http
+        .post(format!("{base}/demo/notify"))
+        .json(&json!({ "text": "Paid, from the test" }))
+        .send()
+        .await
+        .expect("notify post")
+        .json()
+        .await
+        .expect("notify answer");
+    assert_eq!(answer["online"], true, "{answer}");
+    assert!(answer["connections"].as_u64().is_some_and(|n| n >= 1), "{answer}");
+    let (mut ours, mut generated) = (false, false);
+    let deadline = Instant::now() + PATIENCE;
+    while !(ours && generated) {
+        assert!(
+            Instant::now() < deadline,
+            "within 60 s: ours {ours}, generated {generated}"
+        );
+        let frame = next_json(&mut operator).await;
+        if frame["push"]["type"] == "notice" && frame["source"] == "user" {
+            let text = frame["push"]["data"]["text"].as_str().unwrap_or_default();
+            ours |= text == "Paid, from the test";
+            generated |= text.starts_with("Payment #");
+        }
+    }
 
     // IM (F2, F3, F7) over the demo's prosody; the page's endpoints refuse bad input.
     up_log_contains(&up, "demo: prosody on 127.0.0.1:");
