@@ -293,6 +293,12 @@ impl Subjects {
         self.join("pushlive", &["user", &escape_token(user)])
     }
 
+    /// `sb.pushlive.user.*`: every user's re-published pushes (one subscription for
+    /// a node that holds many users).
+    pub fn live_push_users(&self) -> String {
+        self.join("pushlive", &["user", "*"])
+    }
+
     /// `sb.pushlive.channel.<name>`: the stored pushes of `sb.push.channel.<name>`, re-published.
     pub fn live_push_channel(&self, channel: &str) -> String {
         self.join("pushlive", &["channel", &escape_token(channel)])

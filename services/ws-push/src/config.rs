@@ -31,6 +31,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Messages browsers publish.
     pub inbound: InboundConfig,
+    /// What this node subscribes to in NATS.
+    pub interest: InterestConfig,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             presence: PresenceConfig::default(),
             inbound: InboundConfig::default(),
+            interest: InterestConfig::default(),
         }
     }
 }
@@ -201,6 +204,27 @@ impl Default for InboundConfig {
             max_bytes: 16 * 1024,
             rate_per_second: 5.0,
             burst: 10,
+        }
+    }
+}
+
+/// `[interest]`: which re-published pushes this node asks nats-server for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InterestConfig {
+    /// Users with a connection here get a NATS subscription of their own, up to this
+    /// many; past it the node takes every user's pushes through one wildcard
+    /// subscription and drops those of users it does not hold. Each subscription
+    /// costs about 5.5 KiB in the NATS client (a message queue), which at thousands
+    /// of connected users outweighs the connections themselves; 0 always uses the
+    /// wildcard. Channels and `all` always get their own.
+    pub user_subscriptions: usize,
+}
+
+impl Default for InterestConfig {
+    fn default() -> Self {
+        Self {
+            user_subscriptions: 1000,
         }
     }
 }

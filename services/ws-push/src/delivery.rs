@@ -41,6 +41,13 @@ impl Route {
         }
     }
 
+    /// The user whose re-published pushes `subject` (`<prefix>.pushlive.user.<id>`,
+    /// as the wildcard subscription to every user's gets them) carries.
+    pub fn of_live_user_subject(subject: &str) -> Option<Route> {
+        let (_, token) = subject.rsplit_once('.')?;
+        switchboard_bus::unescape_token(token).ok().map(Route::User)
+    }
+
     /// The source its pushes are delivered as.
     pub fn source(&self) -> Source {
         match self {

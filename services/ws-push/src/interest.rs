@@ -1,12 +1,20 @@
 //! Which pushes this node gets from nats-server: one core NATS subscription per
-//! user and channel with a connection here (and one to `all`), on the subjects
-//! `SB_PUSH` re-publishes every stored push on (`<prefix>.pushlive.>`).
+//! channel with a subscriber here and one to `all`, and one per user with a
+//! connection here up to `[interest] user_subscriptions`; past that, the users it
+//! takes on come through one wildcard subscription to every user's pushes, of which
+//! the node keeps those of the users it holds. All on the subjects `SB_PUSH`
+//! re-publishes every stored push on (`<prefix>.pushlive.>`).
+//!
+//! Why the limit: every async-nats subscription owns a message queue that allocates
+//! 32 message slots when it is made (5.5 KiB, measured with heaptrack at 5,000
+//! connected users), more than the rest of an idle connection.
 //!
 //! One task takes the messages of every subscription and delivers them to the hub
 //! in stream order, as nats-server sent them. Core NATS may drop messages (a slow
 //! subscriber, a reconnect); the re-published headers say which push came before
 //! on the same subject, so a gap is refilled from the stream before the push after
-//! it is delivered.
+//! it is delivered. A push that comes both through a user's own subscription and the
+//! wildcard is delivered once (pushes are kept by their stream sequence).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +26,7 @@ use async_nats::{HeaderMap, Message};
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
 use switchboard_bus::Bus;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Error;
@@ -37,13 +45,27 @@ pub struct Interest {
     stream: Stream,
     /// Held routes; the lock is held across subscribing, so a second holder of a
     /// route returns only once the first one's subscription is active.
-    held: tokio::sync::Mutex<HashMap<Route, Held>>,
-    /// Numbers subscriptions, so the end of an old one is told from a new one.
+    routes: tokio::sync::Mutex<Routes>,
+    /// How many users get a subscription of their own before the wildcard serves.
+    user_subscriptions: usize,
+    /// Numbers holds, so the end of an old one is told from a new one.
     generation: AtomicU64,
-    /// New subscriptions, to the delivery task.
-    added: mpsc::UnboundedSender<Added>,
+    /// New subscriptions and wildcard users, to the delivery task.
+    commands: mpsc::UnboundedSender<Command>,
     /// Messages the subscriptions got from nats-server.
     received: Arc<AtomicU64>,
+}
+
+/// What the node holds, under one lock.
+#[derive(Debug, Default)]
+struct Routes {
+    held: HashMap<Route, Held>,
+    /// Held users, and how many of them have a subscription of their own.
+    users: usize,
+    own_user_subscriptions: usize,
+    /// Ends the wildcard subscription to every user's pushes when dropped; there
+    /// while some user is delivered through it.
+    users_wildcard: Option<DropGuard>,
 }
 
 /// One held route.
@@ -51,31 +73,57 @@ pub struct Interest {
 struct Held {
     /// Connections (or the node itself, for `all`) that need it.
     holders: usize,
-    /// Ends the route's subscription (which unsubscribes) when dropped.
-    _stop: DropGuard,
+    /// This hold's number.
+    generation: u64,
+    /// Ends the route's own subscription (which unsubscribes) when dropped; none
+    /// for a user delivered through the wildcard.
+    own: Option<DropGuard>,
 }
 
-/// A subscription handed to the delivery task.
-struct Added {
-    route: Route,
-    generation: u64,
-    /// The stream position when it became active: pushes after it are this
-    /// subscription's to deliver.
-    last: u64,
-    messages: BoxStream<'static, Item>,
+/// What the delivery task is told.
+enum Command {
+    /// A new subscription's messages; for a route's own, the route, registered as
+    /// delivered up to the stream position when the subscription became active.
+    Subscribed {
+        messages: BoxStream<'static, Item>,
+        registration: Option<(Route, u64, u64)>,
+    },
+    /// A user delivered through the wildcard from now on, registered as delivered up
+    /// to the highest sequence taken so far (answered once done): a connection reads
+    /// the stream position it starts after later than that, so nothing it needs is
+    /// skipped.
+    Register {
+        route: Route,
+        generation: u64,
+        done: oneshot::Sender<()>,
+    },
+    /// A user delivered through the wildcard was released.
+    End(Route, u64),
 }
 
 /// What the delivery task takes from the subscriptions.
 enum Item {
     /// A re-published push.
     Push(Route, Message),
-    /// A subscription ended (its route was released).
+    /// A route's own subscription ended (the route was released).
     End(Route, u64),
 }
 
+fn delivery_stopped() -> Error {
+    Error::Stream("push delivery stopped".into())
+}
+
 impl Interest {
-    /// Starts the delivery task; holds nothing yet.
-    pub fn start(bus: Bus, stream: Stream, hub: Arc<Hub>, epoch: String, shutdown: CancellationToken) -> Self {
+    /// Starts the delivery task; holds nothing yet. Up to `user_subscriptions` users
+    /// get a subscription of their own.
+    pub fn start(
+        bus: Bus,
+        stream: Stream,
+        hub: Arc<Hub>,
+        epoch: String,
+        user_subscriptions: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
         let statistics = bus.client().statistics();
         let (connected, reconnects) = watch::channel(statistics.connects.load(Ordering::Relaxed));
         let watcher_stop = shutdown.clone();
@@ -91,7 +139,7 @@ impl Interest {
                 }
             }
         });
-        let (added, additions) = mpsc::unbounded_channel();
+        let (commands, received_commands) = mpsc::unbounded_channel();
         let received = Arc::new(AtomicU64::new(0));
         let delivery = Delivery {
             bus: bus.clone(),
@@ -100,14 +148,16 @@ impl Interest {
             epoch,
             received: received.clone(),
             last: HashMap::new(),
+            taken: 0,
         };
-        tokio::spawn(delivery.run(additions, reconnects, shutdown));
+        tokio::spawn(delivery.run(received_commands, reconnects, shutdown));
         Self {
             bus,
             stream,
-            held: tokio::sync::Mutex::default(),
+            routes: tokio::sync::Mutex::default(),
+            user_subscriptions,
             generation: AtomicU64::new(0),
-            added,
+            commands,
             received,
         }
     }
@@ -119,59 +169,129 @@ impl Interest {
 
     /// The routes held now.
     pub async fn routes(&self) -> Vec<Route> {
-        self.held.lock().await.keys().cloned().collect()
+        self.routes.lock().await.held.keys().cloned().collect()
+    }
+
+    /// Whether users are delivered through the wildcard subscription now.
+    pub async fn users_wildcard(&self) -> bool {
+        self.routes.lock().await.users_wildcard.is_some()
     }
 
     /// Holds `route`: when it returns, nats-server sends this node every push to
     /// it stored from now on (the subscription is active), so a stream position
     /// read afterwards is covered.
     pub async fn hold(&self, route: &Route) -> Result<(), Error> {
-        let mut held = self.held.lock().await;
-        if let Some(entry) = held.get_mut(route) {
+        let mut routes = self.routes.lock().await;
+        if let Some(entry) = routes.held.get_mut(route) {
             entry.holders += 1;
             return Ok(());
         }
-        let client = self.bus.client();
-        let subscriber = client
-            .subscribe(route.live_subject(self.bus.subjects()))
-            .await
-            .map_err(|e| Error::Stream(format!("subscribe: {e}")))?;
-        client.flush().await.map_err(|e| Error::Stream(format!("flush: {e}")))?;
-        // Everything stored after this was sent to the subscription.
-        let (_, last) = delivery::position(&self.stream).await?;
-        let stop = CancellationToken::new();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let pushes = route.clone();
-        let messages = subscriber
-            .take_until(stop.clone().cancelled_owned())
-            .map(move |message| Item::Push(pushes.clone(), message))
-            .chain(stream::once(std::future::ready(Item::End(route.clone(), generation))))
-            .boxed();
-        self.added
-            .send(Added {
-                route: route.clone(),
-                generation,
-                last,
-                messages,
-            })
-            .map_err(|_| Error::Stream("push delivery stopped".into()))?;
-        held.insert(
+        let is_user = matches!(route, Route::User(_));
+        let own = if is_user && routes.own_user_subscriptions >= self.user_subscriptions {
+            if routes.users_wildcard.is_none() {
+                routes.users_wildcard = Some(self.subscribe(None).await?);
+                tracing::info!(
+                    limit = self.user_subscriptions,
+                    "users past the limit now come through one wildcard subscription"
+                );
+            }
+            let (done, registered) = oneshot::channel();
+            self.commands
+                .send(Command::Register {
+                    route: route.clone(),
+                    generation,
+                    done,
+                })
+                .map_err(|_| delivery_stopped())?;
+            registered.await.map_err(|_| delivery_stopped())?;
+            None
+        } else {
+            Some(self.subscribe(Some((route, generation))).await?)
+        };
+        if is_user {
+            routes.users += 1;
+            if own.is_some() {
+                routes.own_user_subscriptions += 1;
+            }
+        }
+        routes.held.insert(
             route.clone(),
             Held {
                 holders: 1,
-                _stop: stop.drop_guard(),
+                generation,
+                own,
             },
         );
         Ok(())
     }
 
-    /// Lets go of `route`; the last holder's release unsubscribes.
+    /// Subscribes to `route`'s re-published pushes (registered with its hold's
+    /// generation), or with none to every user's, and hands the subscription to the
+    /// delivery task once it is active; dropping the guard unsubscribes.
+    async fn subscribe(&self, route: Option<(&Route, u64)>) -> Result<DropGuard, Error> {
+        let subjects = self.bus.subjects();
+        let subject = route.map_or_else(|| subjects.live_push_users(), |(route, _)| route.live_subject(subjects));
+        let client = self.bus.client();
+        let subscriber = client
+            .subscribe(subject)
+            .await
+            .map_err(|e| Error::Stream(format!("subscribe: {e}")))?;
+        client.flush().await.map_err(|e| Error::Stream(format!("flush: {e}")))?;
+        let stop = CancellationToken::new();
+        let until_stopped = subscriber.take_until(stop.clone().cancelled_owned());
+        let (messages, registration) = match route {
+            Some((route, generation)) => {
+                // Everything stored after this was sent to the subscription.
+                let (_, last) = delivery::position(&self.stream).await?;
+                let pushes = route.clone();
+                let messages = until_stopped
+                    .map(move |message| Item::Push(pushes.clone(), message))
+                    .chain(stream::once(std::future::ready(Item::End(route.clone(), generation))))
+                    .boxed();
+                (messages, Some((route.clone(), generation, last)))
+            }
+            None => {
+                let messages = until_stopped
+                    .filter_map(|message| {
+                        std::future::ready(
+                            Route::of_live_user_subject(&message.subject).map(|route| Item::Push(route, message)),
+                        )
+                    })
+                    .boxed();
+                (messages, None)
+            }
+        };
+        self.commands
+            .send(Command::Subscribed { messages, registration })
+            .map_err(|_| delivery_stopped())?;
+        Ok(stop.drop_guard())
+    }
+
+    /// Lets go of `route`; the last holder's release unsubscribes (for a user
+    /// delivered through the wildcard: stops its delivery, and with the last such
+    /// user the wildcard goes too).
     pub async fn release(&self, route: &Route) {
-        let mut held = self.held.lock().await;
-        if let Some(entry) = held.get_mut(route) {
-            entry.holders -= 1;
-            if entry.holders == 0 {
-                held.remove(route);
+        let mut routes = self.routes.lock().await;
+        let Some(entry) = routes.held.get_mut(route) else {
+            return;
+        };
+        entry.holders -= 1;
+        if entry.holders > 0 {
+            return;
+        }
+        let Some(released) = routes.held.remove(route) else {
+            return;
+        };
+        if matches!(route, Route::User(_)) {
+            routes.users -= 1;
+            if released.own.is_some() {
+                routes.own_user_subscriptions -= 1;
+            } else {
+                let _ = self.commands.send(Command::End(route.clone(), released.generation));
+            }
+            if routes.users == 0 {
+                routes.users_wildcard = None;
             }
         }
     }
@@ -193,9 +313,10 @@ struct Delivery {
     epoch: String,
     /// Messages the subscriptions got from nats-server.
     received: Arc<AtomicU64>,
-    /// Per subscribed route: its subscription's generation and the last stream
-    /// sequence delivered.
+    /// Per held route: its hold's generation and the last stream sequence delivered.
     last: HashMap<Route, (u64, u64)>,
+    /// The highest stream sequence taken from any subscription.
+    taken: u64,
 }
 
 impl Delivery {
@@ -208,7 +329,7 @@ impl Delivery {
     /// sequence taken before it: whatever preceded those is in `pending` by then.
     async fn run(
         mut self,
-        mut additions: mpsc::UnboundedReceiver<Added>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
         mut reconnects: watch::Receiver<u64>,
         shutdown: CancellationToken,
     ) {
@@ -219,12 +340,23 @@ impl Delivery {
             tokio::task::consume_budget().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                added = additions.recv() => {
-                    let Some(added) = added else {
+                command = commands.recv() => {
+                    let Some(command) = command else {
                         return;
                     };
-                    self.last.insert(added.route, (added.generation, added.last));
-                    subscriptions.push(added.messages);
+                    match command {
+                        Command::Subscribed { messages, registration } => {
+                            if let Some((route, generation, last)) = registration {
+                                self.last.insert(route, (generation, last));
+                            }
+                            subscriptions.push(messages);
+                        }
+                        Command::Register { route, generation, done } => {
+                            self.last.insert(route, (generation, self.taken));
+                            let _ = done.send(());
+                        }
+                        Command::End(route, generation) => self.end(&route, generation),
+                    }
                 }
                 changed = reconnects.changed() => {
                     if changed.is_err() {
@@ -260,6 +392,7 @@ impl Delivery {
                 metrics::counter!("ws_push_nats_messages_total").increment(1);
                 match sequence(message.headers.as_ref(), "Nats-Sequence") {
                     Some(sequence) => {
+                        self.taken = self.taken.max(sequence);
                         pending.insert(sequence, (route, message));
                     }
                     None => {
@@ -267,11 +400,14 @@ impl Delivery {
                     }
                 }
             }
-            Item::End(route, generation) => {
-                if self.last.get(&route).is_some_and(|(current, _)| *current == generation) {
-                    self.last.remove(&route);
-                }
-            }
+            Item::End(route, generation) => self.end(&route, generation),
+        }
+    }
+
+    /// Forgets a released route, unless it was held again since.
+    fn end(&mut self, route: &Route, generation: u64) {
+        if self.last.get(route).is_some_and(|(current, _)| *current == generation) {
+            self.last.remove(route);
         }
     }
 

@@ -99,6 +99,7 @@ impl App {
             stream.clone(),
             hub.clone(),
             epoch.clone(),
+            config.interest.user_subscriptions,
             shutdown.clone(),
         ));
         // Every connection gets `all`: the node holds it for its whole life.

@@ -1139,9 +1139,84 @@ async fn a_node_gets_from_nats_only_the_pushes_its_connections_need() {
 }
 
 #[tokio::test]
-async fn pushes_nats_server_did_not_send_are_refilled_from_the_stream_in_order() {
+async fn past_the_user_limit_users_come_through_one_wildcard_each_push_once_in_order() {
     let nats = NatsServer::start().unwrap();
-    let app = Running::start(config(&nats.url())).await;
+    let mut node_config = config(&nats.url());
+    node_config.interest.user_subscriptions = 1;
+    let app = Running::start(node_config).await;
+    let bus = bus(&nats.url()).await;
+    // alice gets the one subscription of a user's own; bob and carol come after the
+    // limit, through the wildcard.
+    let mut sockets = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        sockets.push((user, connect(&app, &token(user)).await.0));
+        assert_eq!(app.interest.users_wildcard().await, user != "alice", "after {user}");
+    }
+
+    let mut expected: std::collections::HashMap<&str, Vec<u64>> = std::collections::HashMap::new();
+    for (i, user) in ["alice", "bob", "dave", "carol", "alice", "bob"]
+        .into_iter()
+        .enumerate()
+    {
+        let offset = push(&bus, bus.subjects().push_user(user), "u", json!(i)).await;
+        expected.entry(user).or_default().push(offset);
+    }
+    let all = push(&bus, bus.subjects().push_all(), "a", json!(0)).await;
+    for (user, ws) in &mut sockets {
+        // Exactly its own, once each, in order, then the push to all: nothing else
+        // (dave, not connected here, is dropped by the node).
+        for offset in &expected[user] {
+            let message = next_json(ws).await;
+            assert_eq!(
+                (message["source"].as_str(), message["offset"].as_u64()),
+                (Some("user"), Some(*offset)),
+                "{user}"
+            );
+        }
+        let message = next_json(ws).await;
+        assert_eq!(
+            (message["source"].as_str(), message["offset"].as_u64()),
+            (Some("all"), Some(all)),
+            "{user}"
+        );
+    }
+    // The wildcard brought all six user pushes (dave's too); alice's own
+    // subscription brought her two again; and the push to all.
+    assert_eq!(app.interest.received(), 6 + 2 + 1);
+
+    // With the last user gone, the wildcard goes; the next user gets a subscription
+    // of its own again.
+    for (_, mut ws) in sockets {
+        ws.close(None).await.unwrap();
+    }
+    eventually("the node to drop the wildcard", || async {
+        (!app.interest.users_wildcard().await).then_some(())
+    })
+    .await;
+    let (mut erin, _) = connect(&app, &token("erin")).await;
+    assert!(!app.interest.users_wildcard().await);
+    let offset = push(&bus, bus.subjects().push_user("erin"), "u", json!(0)).await;
+    assert_eq!(next_json(&mut erin).await["offset"], offset);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn pushes_nats_server_did_not_send_are_refilled_from_the_stream_in_order() {
+    pushes_nats_server_did_not_send_are_refilled(1000).await;
+}
+
+#[tokio::test]
+async fn pushes_the_wildcard_did_not_bring_are_refilled_from_the_stream_in_order() {
+    pushes_nats_server_did_not_send_are_refilled(0).await;
+}
+
+/// Two pushes stored while `SB_PUSH` does not re-publish reach alice from the stream,
+/// before the next one; `user_subscriptions` 0 has every user come through the wildcard.
+async fn pushes_nats_server_did_not_send_are_refilled(user_subscriptions: usize) {
+    let nats = NatsServer::start().unwrap();
+    let mut node_config = config(&nats.url());
+    node_config.interest.user_subscriptions = user_subscriptions;
+    let app = Running::start(node_config).await;
     let bus = bus(&nats.url()).await;
     let (mut ws, _) = connect(&app, &token("alice")).await;
 
@@ -1179,8 +1254,22 @@ async fn pushes_nats_server_did_not_send_are_refilled_from_the_stream_in_order()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reads_what_it_missed_from_the_stream_after_a_nats_reconnect() {
+    reads_what_it_missed_after_a_nats_reconnect(1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reads_what_its_wildcard_users_missed_after_a_nats_reconnect() {
+    reads_what_it_missed_after_a_nats_reconnect(0).await;
+}
+
+/// Pushes stored while the node was not re-published to, with none after them,
+/// arrive through the catch-up after a nats-server restart; `user_subscriptions` 0
+/// has alice come through the wildcard.
+async fn reads_what_it_missed_after_a_nats_reconnect(user_subscriptions: usize) {
     let mut nats = NatsServer::start().unwrap();
-    let app = Running::start(config(&nats.url())).await;
+    let mut node_config = config(&nats.url());
+    node_config.interest.user_subscriptions = user_subscriptions;
+    let app = Running::start(node_config).await;
     let (mut ws, _) = connect(&app, &token("alice")).await;
     let publisher = bus(&nats.url()).await;
     let publish = |i: u64| {
