@@ -37,7 +37,11 @@ const XSS = "<img src=x onerror=alert(1)>";
 const running = { children: [], browser: null };
 after(async () => {
   if (running.browser) await running.browser.close();
-  for (const child of running.children) child.kill("SIGKILL");
+  // `up` runs in a process group of its own: killing the group takes the services,
+  // nats-server, prosody and the simulator with it even when the test failed early.
+  for (const child of running.children) {
+    try { process.kill(-child.pid, "SIGKILL"); } catch { /* already gone */ }
+  }
 });
 
 // `switchboard up --demo` on free ports in a temp dir; resolves once it printed the
@@ -62,7 +66,7 @@ async function startDemo() {
     "--demo-listen", `127.0.0.1:${pagePort}`,
     "--data-dir", join(work, "data"),
     "--config-dir", configDir,
-  ], { env: { ...process.env, NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] });
+  ], { env: { ...process.env, NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"], detached: true });
   running.children.push(child);
   const demo = { child, log: "", url: `http://127.0.0.1:${pagePort}/` };
   child.stdout.on("data", (chunk) => { demo.log += chunk; });
