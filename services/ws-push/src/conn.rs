@@ -190,7 +190,10 @@ impl Connection {
             }
         }
         metrics::gauge!("ws_push_connections").decrement(1.0);
-        Box::pin(self.node.presence.update(&entry.user)).await;
+        // At shutdown the node removes all its presence at once (`Presence::leave`).
+        if !self.node.shutdown.is_cancelled() {
+            Box::pin(self.node.presence.update(&entry.user)).await;
+        }
         result
     }
 

@@ -63,6 +63,15 @@ fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// Presence writes (heartbeats, the deletes at shutdown) kept in flight at once: a
+/// node with thousands of users must not write them one round trip after another.
+const WRITES_IN_FLIGHT: usize = 64;
+
+/// How long a clean shutdown spends removing this node's entries. What is left (NATS
+/// unreachable, say) expires on the other nodes after `presence.ttl`, and their sweep
+/// publishes the `offline` events.
+const LEAVE_BUDGET: Duration = Duration::from_secs(5);
+
 fn key(user: &str, node: &str) -> String {
     format!("{}.{node}", escape_token(user))
 }
@@ -324,13 +333,15 @@ impl Presence {
     }
 
     async fn heartbeat(&self) {
-        for (user, local) in self.hub.local_users() {
-            let key = key(&user, &self.node);
-            self.apply_local(&key, &user, &local);
-            if let Err(e) = self.write(&key, &user, &local).await {
-                tracing::warn!(user, error = %e, "presence heartbeat not written");
-            }
-        }
+        futures::stream::iter(self.hub.local_users())
+            .for_each_concurrent(WRITES_IN_FLIGHT, |(user, local)| async move {
+                let key = key(&user, &self.node);
+                self.apply_local(&key, &user, &local);
+                if let Err(e) = self.write(&key, &user, &local).await {
+                    tracing::warn!(user, error = %e, "presence heartbeat not written");
+                }
+            })
+            .await;
     }
 
     /// Deletes stale entries of other nodes and publishes `offline` for users left
@@ -391,7 +402,8 @@ impl Presence {
     }
 
     /// Deletes this node's entries (clean shutdown) and publishes `offline` for users
-    /// that were only here.
+    /// that were only here, [`WRITES_IN_FLIGHT`] at a time, for at most
+    /// [`LEAVE_BUDGET`].
     pub async fn leave(&self) {
         let keys: Vec<(String, String)> = {
             let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
@@ -401,7 +413,8 @@ impl Presence {
                 .map(|(k, e)| (k.clone(), e.user.clone()))
                 .collect()
         };
-        for (key, user) in keys {
+        let count = keys.len();
+        let removals = futures::stream::iter(keys).for_each_concurrent(WRITES_IN_FLIGHT, |(key, user)| async move {
             let before = self.user(&user);
             self.apply_local(&key, &user, &LocalUser::default());
             let _ = self.kv.delete(&key).await;
@@ -409,6 +422,12 @@ impl Presence {
             if before.online && !after.online {
                 self.publish_event(&user, &after, None).await;
             }
+        });
+        if tokio::time::timeout(LEAVE_BUDGET, removals).await.is_err() {
+            tracing::warn!(
+                entries = count,
+                "presence not all removed within {LEAVE_BUDGET:?}; the other nodes expire the rest after presence.ttl"
+            );
         }
     }
 }

@@ -1337,6 +1337,52 @@ impl Drop for Child {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_takes_every_user_offline_once() {
+    const USERS: usize = 100;
+    let nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let bus = bus(&nats.url()).await;
+    let mut sockets = Vec::new();
+    for i in 0..USERS {
+        sockets.push(connect(&app, &token(&format!("u{i}"))).await.0);
+    }
+    let mut events = bus.client().subscribe("sb.evt.push.presence.*.offline").await.unwrap();
+    bus.client().flush().await.unwrap();
+    app.stop.cancel();
+    app.task.await.unwrap().unwrap();
+    let mut offline = std::collections::HashSet::new();
+    while offline.len() < USERS {
+        let event = presence_event(&mut events).await;
+        assert!(!event.online);
+        assert!(offline.insert(event.user.clone()), "{} went offline twice", event.user);
+    }
+    let presence = bus
+        .jetstream()
+        .get_key_value(bus.subjects().stream_name("PRESENCE"))
+        .await
+        .unwrap();
+    let mut keys = presence.keys().await.unwrap();
+    assert!(keys.next().await.is_none(), "the node left no presence entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_nats_gone_ends_within_the_presence_budget() {
+    let mut nats = NatsServer::start().unwrap();
+    let app = Running::start(config(&nats.url())).await;
+    let mut sockets = Vec::new();
+    for i in 0..100 {
+        sockets.push(connect(&app, &token(&format!("u{i}"))).await.0);
+    }
+    nats.stop();
+    app.stop.cancel();
+    // Each user's removal would wait for NATS (a KV delete, then an offline event
+    // retried for nats.publish_timeout); the node gives them five seconds in all and
+    // leaves the rest to expire.
+    let ended = tokio::time::timeout(Duration::from_secs(30), app.task).await;
+    assert!(ended.is_ok(), "ws-push still shutting down after 30 s with NATS gone");
+}
+
 #[tokio::test]
 async fn a_dead_nodes_users_go_offline_after_the_ttl() {
     let nats = NatsServer::start().unwrap();
