@@ -190,6 +190,9 @@ async fn pause_after_pull_error(stop: &CancellationToken) {
     }
 }
 
+/// How long a stopping engine waits for the client to write its last acks to NATS.
+const LAST_ACKS_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The engine shared by the consumers, the reloader and the gRPC service.
 pub struct Engine {
     bus: Bus,
@@ -398,11 +401,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops taking messages and waits for the runs in flight.
+    /// Stops taking messages, waits for the runs in flight and sends their acks.
     pub async fn stopped(&self) {
         self.shutdown.cancelled().await;
         self.tasks.close();
         self.tasks.wait().await;
+        // An ack is only queued in the client when it returns; the process may end
+        // right after this, and an ack lost with it would run the event again.
+        // Bounded: while NATS is unreachable the flush would wait for a reconnect.
+        match tokio::time::timeout(LAST_ACKS_PATIENCE, self.bus.client().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot send the last acks; their events will be redelivered");
+            }
+            Err(_) => tracing::warn!("NATS did not take the last acks in time; their events will be redelivered"),
+        }
     }
 
     /// Reloads the rules directory: atomically replaces the rules when every file is
