@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{AckKind, kv};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use switchboard_bus::{Bus, CloudEvent, event_types};
@@ -152,6 +152,46 @@ struct Running {
     signature: String,
     stop: CancellationToken,
 }
+
+/// How long one pull request waits for messages before the server ends it (408) and
+/// the consumer sends the next; also the longest a stopping consumer waits for its
+/// open request to end.
+const PULL_EXPIRY: Duration = Duration::from_secs(2);
+
+/// When the runs of one consumer may ack or nak their messages: at once while it
+/// pulls; once it stops, only after its last pull request has ended. An ack frees
+/// room under `max_ack_pending` and a nak redelivers, and while this replica's request
+/// is open the server may hand that message (or the next one) straight back to it;
+/// once the request has ended, nothing more comes to this replica and the other
+/// replicas get it.
+#[derive(Debug, Clone)]
+struct AckGate {
+    /// The consumer's stop.
+    stop: CancellationToken,
+    /// Cancelled when the consumer has no pull request open any more.
+    pull_ended: CancellationToken,
+}
+
+impl AckGate {
+    /// Returns once a run may ack or nak its message.
+    async fn opened(&self) {
+        if self.stop.is_cancelled() {
+            self.pull_ended.cancelled().await;
+        }
+    }
+}
+
+/// Waits a little after a failed pull (unless stopping), so that a server that keeps
+/// failing it (consumer deleted...) is not asked again in a loop.
+async fn pause_after_pull_error(stop: &CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+}
+
+/// How long a stopping engine waits for the client to write its last acks to NATS.
+const LAST_ACKS_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The engine shared by the consumers, the reloader and the gRPC service.
 pub struct Engine {
@@ -361,11 +401,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops taking messages and waits for the runs in flight.
+    /// Stops taking messages, waits for the runs in flight and sends their acks.
     pub async fn stopped(&self) {
         self.shutdown.cancelled().await;
         self.tasks.close();
         self.tasks.wait().await;
+        // An ack is only queued in the client when it returns; the process may end
+        // right after this, and an ack lost with it would run the event again.
+        // Bounded: while NATS is unreachable the flush would wait for a reconnect.
+        match tokio::time::timeout(LAST_ACKS_PATIENCE, self.bus.client().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot send the last acks; their events will be redelivered");
+            }
+            Err(_) => tracing::warn!("NATS did not take the last acks in time; their events will be redelivered"),
+        }
     }
 
     /// Reloads the rules directory: atomically replaces the rules when every file is
@@ -550,6 +600,11 @@ impl Engine {
         }
     }
 
+    /// Pulls the rule's messages and runs each, one pull request at a time, until
+    /// `stop`. A stopping consumer sends no new request but reads the open one until
+    /// the server ends it (on expiry or once `concurrency` messages were delivered),
+    /// so every message the server hands this replica is read and runs here; the runs
+    /// ack or nak only after that (see [`AckGate`]).
     async fn consume(
         self: Arc<Self>,
         rule: String,
@@ -557,68 +612,78 @@ impl Engine {
         concurrency: usize,
         stop: CancellationToken,
     ) {
-        // One pull asks for the whole window (the server delivers at most
-        // `max_ack_pending` = the rule's concurrency anyway), not the client's
-        // default batch.
-        let mut messages = match consumer
-            .stream()
-            .max_messages_per_batch(concurrency.max(1))
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::error!(rule, %error, "cannot pull from the rule's consumer");
-                return;
-            }
+        let concurrency = concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let ack_gate = AckGate {
+            stop: stop.clone(),
+            pull_ended: CancellationToken::new(),
         };
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-        loop {
-            let next = if stop.is_cancelled() {
-                // Stopping: messages already delivered to this replica still run
-                // (rather than waiting out the ack wait); nothing more is awaited.
-                match messages.next().now_or_never() {
-                    Some(next) => next,
-                    None => break,
-                }
-            } else {
-                tokio::select! {
-                    _ = stop.cancelled() => continue,
-                    next = messages.next() => next,
+        // Whichever way this returns, no pull request of it is open any more.
+        let _pull_ended = ack_gate.pull_ended.clone().drop_guard();
+        while !stop.is_cancelled() {
+            // One request asks for the whole window: the server delivers at most
+            // `max_ack_pending` (the rule's concurrency) anyway.
+            let mut pull = match consumer
+                .batch()
+                .max_messages(concurrency)
+                .expires(PULL_EXPIRY)
+                .messages()
+                .await
+            {
+                Ok(pull) => pull,
+                Err(error) => {
+                    tracing::warn!(rule, %error, "cannot pull from the rule's consumer; retrying");
+                    pause_after_pull_error(&stop).await;
+                    continue;
                 }
             };
-            let message = match next {
-                None => break,
-                Some(Err(error)) => {
-                    tracing::warn!(rule, %error, "pull failed; retrying");
-                    // Do not spin when the server keeps failing (consumer deleted...).
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            // Not cut short by `stop`: the request stays open on the server until it
+            // ends, and whatever it delivers till then is this replica's to run.
+            while let Some(next) = pull.next().await {
+                let message = match next {
+                    Ok(message) => message,
+                    Err(error) => {
+                        // An error status (consumer deleted, leader change...) ends the
+                        // request; do not spin when the server keeps answering so.
+                        tracing::warn!(rule, %error, "pull failed; retrying");
+                        pause_after_pull_error(&stop).await;
+                        break;
                     }
-                }
-                Some(Ok(message)) => message,
-            };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let engine = self.clone();
-            let rule = rule.clone();
-            // The run joins the trace the event carries, so whatever its actions
-            // publish or request does too.
-            let span = tracing::info_span!("hook.rule", rule = %rule, subject = %message.subject);
-            switchboard_bus::trace::set_parent_from(&span, message.headers.as_ref());
-            self.tasks.spawn(
-                async move {
-                    engine.handle(&rule, message).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+                };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let engine = self.clone();
+                let rule = rule.clone();
+                let ack_gate = ack_gate.clone();
+                // The run joins the trace the event carries, so whatever its actions
+                // publish or request does too.
+                let span = tracing::info_span!("hook.rule", rule = %rule, subject = %message.subject);
+                switchboard_bus::trace::set_parent_from(&span, message.headers.as_ref());
+                self.tasks.spawn(
+                    async move {
+                        let ack = engine.handle(&rule, &message).await;
+                        // The run is over: its permit goes to the next one even if
+                        // the ack has to wait for the pull to end.
+                        drop(permit);
+                        ack_gate.opened().await;
+                        let sent = match ack {
+                            Some(kind) => message.ack_with(kind).await,
+                            None => Ok(()),
+                        };
+                        if let Err(error) = sent {
+                            tracing::warn!(rule, %error, "ack failed; the event will be redelivered");
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
         }
     }
 
-    async fn handle(&self, rule_name: &str, message: async_nats::jetstream::Message) {
+    /// Runs one delivered message; the ack to send for it, `None` when there is none
+    /// to send (the rule was removed and its consumer is being deleted).
+    async fn handle(&self, rule_name: &str, message: &async_nats::jetstream::Message) -> Option<AckKind> {
         let attempt = message
             .info()
             .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
@@ -627,26 +692,18 @@ impl Engine {
             Ok(event) => event,
             Err(error) => {
                 tracing::warn!(rule = rule_name, subject = %message.subject, %error, "not a CloudEvent; skipped");
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
+                return Some(AckKind::Term);
             }
         };
         let set = self.rules();
-        let Some(rule) = set.get(rule_name).cloned() else {
-            // The rule was removed by a reload; its consumer is being deleted.
-            return;
-        };
+        let rule = set.get(rule_name).cloned()?;
         let trigger = Trigger::new(message.subject.to_string(), event, attempt);
         let no_headers = async_nats::HeaderMap::new();
         let headers = message.headers.as_ref().unwrap_or(&no_headers);
-        let disposition = self.process(&set, &rule, &trigger, Some(headers)).await;
-        let acked = match disposition {
-            Disposition::Ack | Disposition::Dead => message.ack().await,
-            Disposition::Retry(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
-        };
-        if let Err(error) = acked {
-            tracing::warn!(rule = rule_name, %error, "ack failed; the event will be redelivered");
-        }
+        Some(match self.process(&set, &rule, &trigger, Some(headers)).await {
+            Disposition::Ack | Disposition::Dead => AckKind::Ack,
+            Disposition::Retry(delay) => AckKind::Nak(Some(delay)),
+        })
     }
 
     /// Matches, throttles, runs and reports one delivery of `trigger` to `rule`.
