@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every benchmark of the project, peers included, and writes the results into
-# BENCHMARKS.md: the machine, the date, each harness's table, and the targets. The
-# hand-written summary above the marker line of BENCHMARKS.md is kept; everything
-# below it is replaced by this run.
+# BENCHMARKS.md: the machine, the date, a summary of every figure against its target
+# with the peer's figure and the ratio (scripts/bench_summary.py), and each harness's
+# table. The hand-written summary above the marker line of BENCHMARKS.md is kept;
+# everything below it is replaced by this run.
 #
 #   scripts/bench.sh           # full sizes (tens of minutes on 2 cores)
 #   scripts/bench.sh --quick   # small sizes: checks every harness runs (numbers not comparable)
@@ -87,11 +88,9 @@ summary="$(awk -v m="$marker" '$0 == m { exit } { print }' BENCHMARKS.md)"
     echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- $(rustc --version), nats-server $(nats-server --version | sed 's/.*v//'), node $(node --version), $(python3 --version)"
     echo
-    echo "Targets (from the issues): AMI parser ≥ 1,000,000 msgs/s on one core; AMI end to end ≥ 100,000 events/s,"
-    echo "p99 ≤ 5 ms at 10,000/s, ≥ 10× the faster peer; ws-push ≤ 4 KiB RSS per idle connection, ≥ 3× the peer's"
-    echo "deliveries per CPU-second, p99 ≤ half the peer's; chat-store ≥ 5,000 msgs/s (SQLite) and ≥ 10,000 (PostgreSQL),"
-    echo "history p99 ≤ 10 ms; hook-runner ≥ 100,000 matches/s with 1,000 rules, ≥ 50,000 events/s end to end, exec"
-    echo "p50 ≤ 3 ms; F1 AMI byte in -> browser frame out p99 ≤ 20 ms at 1,000 calls/s."
+    echo "### Against the targets (the issues' figures; peers measured in this run)"
+    echo
+    python3 "$root/scripts/bench_summary.py" "$out"
     for name in ami-parser ami-e2e-and-peers ws-push chat-store-sqlite chat-store-postgres hook-runner im-bridge f1-latency; do
         echo
         echo "### $name"
