@@ -349,12 +349,13 @@ async fn call_generator(bus: Bus, interval: Duration, shutdown: CancellationToke
 }
 
 /// The flows the demo drives besides calls, one every `interval`, in turn: the site
-/// pushes a notice to operator [`OPERATOR`] over ws-push's HTTP API (F5) and, with
-/// IM, alice asks the bot to call 101 (F2), the site notifies alice through the rule
-/// `site-to-im` (F7) and a script writes a line to im-bridge's FIFO (F7). F3 needs
-/// nothing more: the missed calls to 102 make it.
+/// pushes a notice to operator [`OPERATOR`] over ws-push's HTTP API (F5), alice writes
+/// to bob in the private chat through chat-store's API (F6) and, with IM, alice asks
+/// the bot to call 101 (F2), the site notifies alice through the rule `site-to-im`
+/// (F7) and a script writes a line to im-bridge's FIFO (F7). F3 needs nothing more:
+/// the missed calls to 102 make it; F4 the page runs itself once it is connected.
 async fn flow_generator(web: Web, interval: Duration, shutdown: CancellationToken) {
-    let steps = if web.im_fifo.is_some() { 4 } else { 1 };
+    let steps = if web.im_fifo.is_some() { 5 } else { 2 };
     let mut order = 1000_u32;
     for step in 0_u64.. {
         tokio::select! {
@@ -363,18 +364,22 @@ async fn flow_generator(web: Web, interval: Duration, shutdown: CancellationToke
         }
         order += 1;
         let (flow, outcome) = match (step % steps, &web.im_fifo) {
-            (1, Some(_)) => (
+            (1, _) => {
+                let text = format!("Hello bob, this is chat message #{order} of the demo");
+                ("alice's chat message", alice_chats(&web, &text).await)
+            }
+            (2, Some(_)) => (
                 "alice's \"call 101\"",
                 alice_writes(&web.bus, "call 101").await.map(drop),
             ),
-            (2, Some(_)) => {
+            (3, Some(_)) => {
                 let text = format!("Order #{order} has shipped");
                 (
                     "the site's IM notification",
                     site_notifies(&web.bus, &text).await.map(drop),
                 )
             }
-            (3, Some(fifo)) => {
+            (4, Some(fifo)) => {
                 let line = format!("/msg main {IM_USER} Backup finished at {} UTC", utc_clock());
                 ("the script's FIFO line", write_fifo(fifo, &line).await)
             }
@@ -387,6 +392,27 @@ async fn flow_generator(web: Web, interval: Duration, shutdown: CancellationToke
             crate::up::say(&format!("demo: {flow} not sent: {error:#}"));
         }
     }
+}
+
+/// alice sends `text` to bob through chat-store's API, as her widget would (F6).
+async fn alice_chats(web: &Web, text: &str) -> anyhow::Result<()> {
+    let token = demo_token(web, "alice")?;
+    let answer = web
+        .http
+        .post(format!("{}/api/v1/messages", web.chat_base))
+        .bearer_auth(token)
+        .json(&json!({ "to": "bob", "text": text }))
+        .send()
+        .await
+        .map_err(reqwest::Error::without_url)?;
+    let status = answer.status();
+    if !status.is_success() {
+        bail!(
+            "chat-store answered {status}: {}",
+            answer.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// The site pushes a `notice` to [`OPERATOR`] through ws-push's HTTP API with the
@@ -602,15 +628,9 @@ impl FromRequestParts<Web> for DemoCaller {
     }
 }
 
-/// `POST /demo/token` `{"user": "alice"}`: a token for one of [`DEMO_USERS`].
-async fn token(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Value>) -> Result<Response, Refused> {
-    let Some(user) = body
-        .get("user")
-        .and_then(Value::as_str)
-        .filter(|u| DEMO_USERS.contains(u))
-    else {
-        return Err(Refused(StatusCode::NOT_FOUND, "not a demo user".into()));
-    };
+/// A token for the demo user `user` (one of [`DEMO_USERS`]), for ws-push and
+/// chat-store, living [`TOKEN_LIFETIME`].
+fn demo_token(web: &Web, user: &str) -> Result<String, jsonwebtoken::errors::Error> {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -625,12 +645,24 @@ async fn token(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Val
     if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
         claims.extend(extra.clone());
     }
-    let token = jsonwebtoken::encode(
+    jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(web.jwt_secret.as_bytes()),
     )
-    .map_err(|error| Refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?;
+}
+
+/// `POST /demo/token` `{"user": "alice"}`: a token for one of [`DEMO_USERS`].
+async fn token(State(web): State<Web>, _caller: DemoCaller, body: axum::Json<Value>) -> Result<Response, Refused> {
+    let Some(user) = body
+        .get("user")
+        .and_then(Value::as_str)
+        .filter(|u| DEMO_USERS.contains(u))
+    else {
+        return Err(Refused(StatusCode::NOT_FOUND, "not a demo user".into()));
+    };
+    let token =
+        demo_token(&web, user).map_err(|error| Refused(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?;
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(json!({ "user": user, "token": token, "pushUrl": web.push_url })),

@@ -367,18 +367,28 @@ async fn up_demo_serves_the_page_tokens_and_live_calls() {
         .expect("notify answer");
     assert_eq!(answer["online"], true, "{answer}");
     assert!(answer["connections"].as_u64().is_some_and(|n| n >= 1), "{answer}");
-    let (mut ours, mut generated) = (false, false);
+    // F6: the flow generator's chat message from alice to bob, on the demo channel.
+    let (mut ours, mut generated, mut chat) = (false, false, false);
     let deadline = Instant::now() + PATIENCE;
-    while !(ours && generated) {
+    while !(ours && generated && chat) {
         assert!(
             Instant::now() < deadline,
-            "within 60 s: ours {ours}, generated {generated}"
+            "within 60 s: ours {ours}, generated {generated}, chat {chat}"
         );
         let frame = next_json(&mut operator).await;
         if frame["push"]["type"] == "notice" && frame["source"] == "user" {
             let text = frame["push"]["data"]["text"].as_str().unwrap_or_default();
             ours |= text == "Paid, from the test";
             generated |= text.starts_with("Payment #");
+        }
+        let event = &frame["push"]["data"];
+        if event["subject"] == "sb.evt.chat.message.created" {
+            let message = &event["data"]["message"];
+            chat |= message["from"] == "alice"
+                && message["to"] == "bob"
+                && message["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Hello bob, this is chat message #"));
         }
     }
 
