@@ -74,6 +74,20 @@ async fn run(sub: &mut async_nats::Subscriber, sim: &SimHandle, count: u64, rate
     run
 }
 
+/// Waits (up to 5 s) until `SB_EVENTS` holds `count` messages; returns how many it holds.
+async fn stored_at_least(js: &async_nats::jetstream::Context, count: u64) -> u64 {
+    let mut stored = 0;
+    for _ in 0..50 {
+        let mut stream = js.get_stream("SB_EVENTS").await.expect("stream");
+        stored = stream.info().await.expect("info").state.messages;
+        if stored >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stored
+}
+
 fn pct(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or(0)
@@ -129,20 +143,15 @@ async fn main() {
     let task = tokio::spawn(app.run());
     let _ = tokio::time::timeout(Duration::from_secs(10), links.next()).await;
 
+    let js = async_nats::jetstream::new(client.clone());
     let flat = run(&mut sub, &sim, events, 0, 1).await;
+    // The paced run measures latency at a steady rate, so it starts once the flood
+    // before it is stored and acknowledged (its backlog measured the flood, not the rate).
+    stored_at_least(&js, events).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let paced_count = latency_rate * 5;
     let paced = run(&mut sub, &sim, paced_count, latency_rate, events + 1).await;
-
-    let js = async_nats::jetstream::new(client.clone());
-    let mut stored = 0;
-    for _ in 0..50 {
-        let mut stream = js.get_stream("SB_EVENTS").await.expect("stream");
-        stored = stream.info().await.expect("info").state.messages;
-        if stored >= events + paced_count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = stored_at_least(&js, events + paced_count).await;
     println!("| run | events | received | lost | out of order | seconds | events/s | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, count, r) in [("max rate", events, &flat), ("paced", paced_count, &paced)] {

@@ -308,6 +308,29 @@ fn event(name: &str, privilege: &str) -> Out {
     Out::default().h("Event", name).h("Privilege", privilege)
 }
 
+/// A flood in progress (`Control::Flood`).
+struct Flooding {
+    /// Events per second; 0: as fast as the socket takes them.
+    rate: u64,
+    /// Events still to send.
+    remaining: u64,
+    /// When it began, and how many it sent since.
+    started: std::time::Instant,
+    sent: u64,
+}
+
+impl Flooding {
+    /// How many events to send now: a batch when unpaced, else what the rate has made
+    /// due since the start and is not sent yet.
+    fn due(&self) -> u64 {
+        if self.rate == 0 {
+            return 512;
+        }
+        let due = u128::from(self.rate) * self.started.elapsed().as_micros() / 1_000_000;
+        u64::try_from(due).unwrap_or(u64::MAX).saturating_sub(self.sent)
+    }
+}
+
 /// A realistic ~360-byte event for floods (the shape of a real `Newexten`), with
 /// `SimSeq` (1, 2, ...) to check order and loss and `SimTs` (Unix nanoseconds at
 /// write) to measure latency.
@@ -523,9 +546,13 @@ impl Connection {
         };
         let mut parser = Parser::without_banner(Limits::default());
         let mut read_buf = vec![0u8; 16 * 1024];
-        let mut flood: Option<(u64, u64)> = None; // (rate, remaining)
+        let mut flood: Option<Flooding> = None;
         let mut flood_seq = 0u64;
-        let mut flood_tick = tokio::time::interval(Duration::from_millis(10));
+        // A paced flood sends every millisecond what is due by then, so a rate is a
+        // steady stream rather than bursts (a 10 ms tick made every event wait behind
+        // up to rate/100 others, which measured the burst, not the bridge).
+        let mut flood_tick = tokio::time::interval(Duration::from_millis(1));
+        flood_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
@@ -540,7 +567,9 @@ impl Connection {
                         bad.extend_from_slice(b"Event: SimAfterMalformed\r\nPrivilege: system,all\r\n\r\n");
                         if writer.write_all(&bad).await.is_err() { return; }
                     }
-                    Ok(Control::Flood { rate, count }) => flood = Some((rate, count)),
+                    Ok(Control::Flood { rate, count }) => {
+                        flood = Some(Flooding { rate, remaining: count, started: std::time::Instant::now(), sent: 0 });
+                    }
                     Err(_) => {}
                 },
                 Some(bytes) = out_rx.recv() => {
@@ -553,17 +582,22 @@ impl Connection {
                     }
                 }
                 _ = flood_tick.tick(), if flood.is_some() => {
-                    let Some((rate, remaining)) = flood else { continue };
-                    let batch = if rate == 0 { 512 } else { (rate / 100).max(1) }.min(remaining);
-                    let mut buf = BytesMut::with_capacity(batch as usize * 400);
-                    let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-                    for _ in 0..batch {
-                        flood_seq += 1;
-                        buf.extend_from_slice(flood_event(flood_seq, ts).as_bytes());
+                    let Some(flooding) = flood.as_mut() else { continue };
+                    let rate = flooding.rate;
+                    let batch = flooding.due().min(flooding.remaining);
+                    if batch > 0 {
+                        let mut buf = BytesMut::with_capacity(batch as usize * 400);
+                        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+                        for _ in 0..batch {
+                            flood_seq += 1;
+                            buf.extend_from_slice(flood_event(flood_seq, ts).as_bytes());
+                        }
+                        flooding.sent += batch;
+                        flooding.remaining -= batch;
+                        if flooding.remaining == 0 { flood = None; }
+                        if writer.write_all(&buf).await.is_err() { return; }
                     }
-                    flood = (remaining > batch).then_some((rate, remaining - batch));
                     if rate == 0 { flood_tick.reset_immediately(); }
-                    if writer.write_all(&buf).await.is_err() { return; }
                 }
                 n = reader.read(&mut read_buf) => {
                     let Ok(n) = n else { return };

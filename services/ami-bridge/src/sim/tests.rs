@@ -278,3 +278,25 @@ async fn controls_flood_malformed_and_drop() {
     sim.control(Control::Drop);
     assert!(c.frame().await.is_none());
 }
+
+#[test]
+fn a_paced_flood_sends_what_its_rate_has_made_due() {
+    let started = std::time::Instant::now()
+        .checked_sub(Duration::from_millis(250))
+        .expect("a quarter of a second ago");
+    let flooding = |rate, sent| Flooding {
+        rate,
+        remaining: 1_000_000,
+        started,
+        sent,
+    };
+    // 10,000/s for 250 ms (and a little more while the test runs): 2,500 due.
+    let due = flooding(10_000, 0).due();
+    assert!((2_500..2_600).contains(&due), "{due}");
+    assert!((500..600).contains(&flooding(10_000, 2_000).due()));
+    assert_eq!(flooding(10_000, 1_000_000).due(), 0, "ahead of the rate: nothing");
+    // 40/s: 10 due after 250 ms (11 if the machine paused this test for 25 ms). The
+    // old pacing sent max(rate / 100, 1) per 10 ms: 100/s when asked for 40/s.
+    assert!((10..=11).contains(&flooding(40, 0).due()));
+    assert_eq!(flooding(0, 0).due(), 512, "unpaced: a batch at a time");
+}
