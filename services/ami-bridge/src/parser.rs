@@ -18,6 +18,7 @@ use std::fmt;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 
 /// How big a line, a message and a header list may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +103,9 @@ pub enum Frame {
 /// One AMI message: a response or an event. Cheap to clone (shares its bytes).
 #[derive(Clone, PartialEq)]
 pub struct Message {
-    /// The message's text (always valid UTF-8).
-    text: Bytes,
+    /// The message's text, checked to be UTF-8 once, when the message is made (so a
+    /// header is a slice of it, not checked again).
+    text: ByteString,
     /// `(name, value)` ranges into `text`, in wire order.
     headers: Vec<(Range<u32>, Range<u32>)>,
     /// Free-form lines of a `Response: Follows` command reply.
@@ -133,19 +135,17 @@ impl Message {
             ranges.push((to_u32(n0)..to_u32(n1), to_u32(v0)..to_u32(v1)));
         }
         Self {
-            text: Bytes::from(text),
+            text: ByteString::from(text),
             headers: ranges,
             output: Vec::new(),
         }
     }
 
     fn str_at(&self, range: &Range<u32>) -> &str {
-        let bytes = self
-            .text
+        // Ranges end on ASCII delimiters, so they are on character boundaries.
+        self.text
             .get(range.start as usize..range.end as usize)
-            .unwrap_or_default();
-        // `text` is valid UTF-8 and ranges end on ASCII delimiters, so this never fails.
-        std::str::from_utf8(bytes).unwrap_or_default()
+            .unwrap_or_default()
     }
 
     /// Every header in wire order, repeats included.
@@ -205,7 +205,7 @@ impl Message {
     /// The message's bytes as received (line endings normalised only where the
     /// input was not valid UTF-8).
     pub fn text(&self) -> &Bytes {
-        &self.text
+        self.text.as_bytes()
     }
 }
 
@@ -442,12 +442,11 @@ impl Parser {
         let capacity = self.headers.len().next_power_of_two();
         let mut headers = std::mem::replace(&mut self.headers, Vec::with_capacity(capacity));
         let mut output = std::mem::take(&mut self.output);
-        let text = match std::str::from_utf8(&raw) {
-            Ok(_) => raw,
+        let text = match ByteString::try_from(raw.clone()) {
+            Ok(text) => text,
             Err(_) => {
                 // Rare: rebuild with replacement characters and new ranges.
-                let fixed = Message::rebuild_lossy(&raw, &mut headers, &mut output);
-                Bytes::from(fixed)
+                ByteString::from(Message::rebuild_lossy(&raw, &mut headers, &mut output))
             }
         };
         Frame::Message(Message { text, headers, output })
