@@ -5,10 +5,11 @@
 //! im-bridge holding the demo's XMPP accounts when prosody runs (`crate::demo_xmpp`),
 //! hook-runner with the example rules plus a rule mirroring events to the ws-push
 //! channel [`EVENTS_CHANNEL`]). Once the services are ready, [`start`] runs a call
-//! generator and an IM generator (F2, F7) and serves the demo page, which mints demo
-//! tokens server-side (loopback only), lets the visitor write as alice and send a
-//! site notification, and proxies chat-store's widget, admin console and API so that
-//! everything is one origin. See docs/demo.md.
+//! generator and a generator of the other flows (F5, F6, and with IM F2 and F7) and
+//! serves the demo page, which mints demo tokens server-side (loopback only), lets
+//! the visitor write as alice, push to 101 and send a site notification, and proxies
+//! chat-store's widget, admin console and API so that everything is one origin. See
+//! docs/demo.md.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,7 +51,7 @@ const OPERATOR: &str = "101";
 
 /// The demo user whom the IM flows involve: she asks the bot for calls (F2), owns
 /// extension 101 in the F3 rule and gets the site's notifications (F7).
-const IM_USER: &str = "alice@example.org";
+pub const IM_USER: &str = "alice@example.org";
 
 /// The longest text the page may send as alice or as the site.
 const MAX_DEMO_TEXT: usize = 500;
@@ -394,24 +395,37 @@ async fn flow_generator(web: Web, interval: Duration, shutdown: CancellationToke
     }
 }
 
-/// alice sends `text` to bob through chat-store's API, as her widget would (F6).
-async fn alice_chats(web: &Web, text: &str) -> anyhow::Result<()> {
-    let token = demo_token(web, "alice")?;
+/// POSTs `body` as JSON to `url` with `bearer` and returns the JSON answer; an answer
+/// that is not a success is an error naming `service`, its status and its body.
+async fn post_json(web: &Web, service: &str, url: String, bearer: &str, body: &Value) -> anyhow::Result<Value> {
     let answer = web
         .http
-        .post(format!("{}/api/v1/messages", web.chat_base))
-        .bearer_auth(token)
-        .json(&json!({ "to": "bob", "text": text }))
+        .post(url)
+        .bearer_auth(bearer)
+        .json(body)
         .send()
         .await
         .map_err(reqwest::Error::without_url)?;
     let status = answer.status();
+    let text = answer.text().await.map_err(reqwest::Error::without_url)?;
     if !status.is_success() {
-        bail!(
-            "chat-store answered {status}: {}",
-            answer.text().await.unwrap_or_default()
-        );
+        bail!("{service} answered {status}: {text}");
     }
+    serde_json::from_str(&text).with_context(|| format!("{service} answered something else than JSON"))
+}
+
+/// alice sends `text` to bob through chat-store's API, as her widget would (F6).
+async fn alice_chats(web: &Web, text: &str) -> anyhow::Result<()> {
+    let token = demo_token(web, "alice")?;
+    let message = json!({ "to": "bob", "text": text });
+    post_json(
+        web,
+        "chat-store",
+        format!("{}/api/v1/messages", web.chat_base),
+        &token,
+        &message,
+    )
+    .await?;
     Ok(())
 }
 
@@ -423,20 +437,8 @@ async fn site_pushes(web: &Web, text: &str) -> anyhow::Result<Value> {
         "target": { "user": OPERATOR },
         "push": { "type": "notice", "data": { "text": text, "site": SITE } },
     });
-    let answer = web
-        .http
-        .post(format!("{}/api/v1/publish", web.push_base))
-        .bearer_auth(&web.site_api_key)
-        .json(&request)
-        .send()
-        .await
-        .map_err(reqwest::Error::without_url)?;
-    let status = answer.status();
-    let body: Value = answer.json().await.map_err(reqwest::Error::without_url)?;
-    if !status.is_success() {
-        bail!("ws-push answered {status}: {body}");
-    }
-    Ok(body)
+    let url = format!("{}/api/v1/publish", web.push_base);
+    post_json(web, "ws-push", url, &web.site_api_key, &request).await
 }
 
 /// alice sends `text` to the bot over XMPP (through her im-bridge account).
@@ -492,7 +494,7 @@ struct Web {
     im_fifo: Option<PathBuf>,
 }
 
-/// Runs the call and IM generators and the demo page until `shutdown`; returns the
+/// Runs the call and flow generators and the demo page until `shutdown`; returns the
 /// page's URL.
 pub async fn start(
     setup: &DemoSetup,
@@ -684,7 +686,7 @@ async fn info(State(web): State<Web>, _caller: DemoCaller) -> Result<Response, R
     Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(json!({ "im": im }))).into_response())
 }
 
-/// The `text` of a `/demo/im` or `/demo/site` body: not blank, at most
+/// The `text` of a `/demo/im`, `/demo/site` or `/demo/notify` body: not blank, at most
 /// [`MAX_DEMO_TEXT`] bytes.
 fn demo_text(body: &Value) -> Result<&str, Refused> {
     match body.get("text").and_then(Value::as_str) {

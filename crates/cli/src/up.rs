@@ -259,7 +259,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         ));
         if let Some(fifo) = setup.im_fifo() {
             say(&format!(
-                "demo: a shell script can send IM too: echo '/msg main alice@example.org hello' > {}",
+                "demo: a shell script can send IM too: echo '/msg main {} hello' > {}",
+                crate::demo::IM_USER,
                 fifo.display()
             ));
         }

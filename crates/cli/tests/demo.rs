@@ -135,12 +135,17 @@ fn has_event_handler_attribute(html: &str) -> bool {
     })
 }
 
-async fn token(http: &reqwest::Client, base: &str, user: &str) -> reqwest::Response {
-    http.post(format!("{base}/demo/token"))
-        .json(&json!({ "user": user }))
+/// `POST <base><path>` with a JSON `body`, as the page does.
+async fn demo_post(http: &reqwest::Client, base: &str, path: &str, body: &Value) -> reqwest::Response {
+    http.post(format!("{base}{path}"))
+        .json(body)
         .send()
         .await
-        .expect("token request")
+        .unwrap_or_else(|error| panic!("POST {path}: {error}"))
+}
+
+async fn token(http: &reqwest::Client, base: &str, user: &str) -> reqwest::Response {
+    demo_post(http, base, "/demo/token", &json!({ "user": user })).await
 }
 
 async fn open_socket(push_url: &str, origin: &str, token: &str) -> Socket {
@@ -356,12 +361,8 @@ async fn up_demo_serves_the_page_tokens_and_live_calls() {
 
     // F5: the site's push through ws-push's HTTP API reaches 101, online; and the
     // flow generator's own pushes come too.
-    let answer: Value = http
-        .post(format!("{base}/demo/notify"))
-        .json(&json!({ "text": "Paid, from the test" }))
-        .send()
+    let answer: Value = demo_post(&http, &base, "/demo/notify", &json!({ "text": "Paid, from the test" }))
         .await
-        .expect("notify post")
         .json()
         .await
         .expect("notify answer");
@@ -409,12 +410,7 @@ async fn up_demo_serves_the_page_tokens_and_live_calls() {
         ("/demo/im", json!({ "text": "x".repeat(501) }), 400),
         ("/demo/site", json!({ "nothing": 1 }), 400),
     ] {
-        let answer = http
-            .post(format!("{base}{path}"))
-            .json(&body)
-            .send()
-            .await
-            .expect("demo post");
+        let answer = demo_post(&http, &base, path, &body).await;
         assert_eq!(answer.status(), status, "{path} {body}");
     }
     let rebinding = http
@@ -425,22 +421,19 @@ async fn up_demo_serves_the_page_tokens_and_live_calls() {
         .await
         .expect("rebinding post");
     assert_eq!(rebinding.status(), 403);
-    let sent: Value = http
-        .post(format!("{base}/demo/im"))
-        .json(&json!({ "text": "hello bot, from the test" }))
-        .send()
+    let sent: Value = demo_post(&http, &base, "/demo/im", &json!({ "text": "hello bot, from the test" }))
         .await
-        .expect("im post")
         .json()
         .await
         .expect("im reply");
     assert!(sent["messageId"].as_str().is_some_and(|id| !id.is_empty()), "{sent}");
-    let posted = http
-        .post(format!("{base}/demo/site"))
-        .json(&json!({ "text": "Your invoice from the test is ready" }))
-        .send()
-        .await
-        .expect("site post");
+    let posted = demo_post(
+        &http,
+        &base,
+        "/demo/site",
+        &json!({ "text": "Your invoice from the test is ready" }),
+    )
+    .await;
     assert_eq!(posted.status(), 200);
     let wanted: [(&str, &str, &str); 6] = [
         ("F2: the bot answers alice's call", "alice", "Calling 101: Success"),
