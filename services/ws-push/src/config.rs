@@ -139,7 +139,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 * 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 0,
             max_queued_bytes: 1024 * 1024,
             max_connections_per_ip: 0,

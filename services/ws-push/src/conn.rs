@@ -1,7 +1,7 @@
 //! `GET /ws`: one task per browser connection that authenticates it, registers it,
 //! recovers what it missed, writes its queued pushes and answers its requests.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,25 +55,71 @@ pub async fn upgrade(
         .write_buffer_size(ws_config.write_buffer_bytes)
         .max_frame_size(frame)
         .max_message_size(frame)
-        .on_upgrade(move |socket| async move {
-            let mut connection = Connection {
+        .on_upgrade(move |socket| {
+            Connection {
                 node,
                 socket,
                 _slot: slot,
-                subs: HashMap::new(),
+                subs: Offsets::new(),
                 tokens: burst,
                 refilled: Instant::now(),
-            };
-            connection.run(query.token).await;
+            }
+            .run(query.token)
         })
+}
+
+/// The last offset delivered per subscribed source (a source absent here is not
+/// subscribed). A connection has a handful (its user, `all`, a few channels), so a
+/// vector scanned in order costs less, in every idle connection, than a hash table.
+#[derive(Debug, Default)]
+struct Offsets(Vec<(Source, u64)>);
+
+impl Offsets {
+    /// Room for the two every connection has: its user and `all`.
+    fn new() -> Self {
+        Self(Vec::with_capacity(2))
+    }
+
+    fn get_mut(&mut self, source: &Source) -> Option<&mut u64> {
+        self.0.iter_mut().find(|(s, _)| s == source).map(|(_, offset)| offset)
+    }
+
+    fn contains(&self, source: &Source) -> bool {
+        self.0.iter().any(|(s, _)| s == source)
+    }
+
+    /// Sets a source's offset, subscribing it when it is new.
+    fn insert(&mut self, source: Source, offset: u64) {
+        match self.get_mut(&source) {
+            Some(last) => *last = offset,
+            None => self.0.push((source, offset)),
+        }
+    }
+
+    fn remove(&mut self, source: &Source) -> Option<u64> {
+        let index = self.0.iter().position(|(s, _)| s == source)?;
+        Some(self.0.swap_remove(index).1)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.0.iter().map(|(source, _)| source)
+    }
+
+    fn take(&mut self) -> Vec<(Source, u64)> {
+        std::mem::take(&mut self.0)
+    }
 }
 
 struct Connection {
     node: Arc<Node>,
     socket: WebSocket,
     _slot: IpSlot,
-    /// Last offset delivered per source; a source absent here is not subscribed.
-    subs: HashMap<Source, u64>,
+    /// What it is subscribed to and how far each source was delivered.
+    subs: Offsets,
     /// Inbound rate limiter (token bucket).
     tokens: f64,
     refilled: Instant,
@@ -101,15 +147,25 @@ fn auth_closing(error: &AuthError) -> Closing {
     }
 }
 
+// Every connection's future lives as long as the connection, and a future is as big as
+// the biggest state it may await in. So the awaits that happen once (signing in,
+// leaving, the close frame) or rarely (a request, a write) are boxed: their state is on
+// the heap only while they run, and an idle connection keeps just its session loop.
+// `run` and `session` return async blocks rather than being async fns: an async fn
+// keeps each argument it moves into a local twice (the argument and the local).
 impl Connection {
-    async fn run(&mut self, query_token: Option<String>) {
-        let outcome = self.serve(query_token).await;
-        if let Err(Closing(code, reason)) = outcome {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(Message::Close(Some(frame)))).await;
+    #[expect(clippy::manual_async_fn, reason = "an async fn would store `self` twice")]
+    fn run(mut self, query_token: Option<String>) -> impl Future<Output = ()> + Send {
+        async move {
+            let outcome = self.serve(query_token).await;
+            if let Err(Closing(code, reason)) = outcome {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from(reason),
+                };
+                let close = self.socket.send(Message::Close(Some(frame)));
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), close)).await;
+            }
         }
     }
 
@@ -144,6 +200,15 @@ impl Connection {
     }
 
     async fn serve(&mut self, query_token: Option<String>) -> Result<(), Closing> {
+        let (entry, claims) = Box::pin(self.sign_in(query_token)).await?;
+        let result = self.session(&entry, claims).await;
+        Box::pin(self.leave(&entry)).await;
+        result
+    }
+
+    /// Reads `connect`, verifies the token, registers the connection, subscribes to
+    /// its user's pushes, and sends `connected` with what the client asks to recover.
+    async fn sign_in(&mut self, query_token: Option<String>) -> Result<(Arc<ConnEntry>, Claims), Closing> {
         let (token, recover) = match self.first_message().await? {
             ClientMessage::Connect { token, recover } => (token, recover),
             _ => return Err(Closing::new(close::PROTOCOL, "the first message must be connect")),
@@ -151,7 +216,7 @@ impl Connection {
         let Some(token) = token.or(query_token).filter(|t| !t.is_empty()) else {
             return Err(Closing::new(close::NO_TOKEN, "no token"));
         };
-        let claims = Box::pin(self.node.verifier.verify(&token)).await.map_err(|e| {
+        let claims = self.node.verifier.verify(&token).await.map_err(|e| {
             tracing::debug!(error = %e, "connection refused");
             auth_closing(&e)
         })?;
@@ -172,19 +237,34 @@ impl Connection {
                 return Err(Closing::new(close::TOO_MANY, "too many connections"));
             }
         }
+        // The node closes every registered outbox when it shuts down; one registered
+        // after that must see the shutdown here.
+        if self.node.shutdown.is_cancelled() {
+            self.node.hub.unregister(id);
+            return Err(Closing::new(close::SHUTDOWN, "server shutdown"));
+        }
         // Before the session reads the stream position its recovery goes up to.
         let user = Route::User(claims.sub.clone());
-        if let Err(e) = Box::pin(self.node.interest.hold(&user)).await {
+        if let Err(e) = self.node.interest.hold(&user).await {
             tracing::warn!(error = %e, "no subscription for a connection");
             self.node.hub.unregister(id);
             return Err(Closing::new(close::SHUTDOWN, "stream unavailable"));
         }
         metrics::gauge!("ws_push_connections").increment(1.0);
-        Box::pin(self.node.presence.update(&claims.sub)).await;
-        let result = self.session(entry.clone(), claims, recover).await;
-        self.node.hub.unregister(id);
-        self.node.interest.release(&user).await;
-        for source in std::mem::take(&mut self.subs).into_keys() {
+        self.node.presence.update(&claims.sub).await;
+        if let Err(closing) = self.catch_up(&entry, &claims, recover).await {
+            self.leave(&entry).await;
+            return Err(closing);
+        }
+        Ok((entry, claims))
+    }
+
+    /// Unregisters a signed-in connection, leaves its user's and channels' routes and
+    /// updates the user's presence.
+    async fn leave(&mut self, entry: &ConnEntry) {
+        self.node.hub.unregister(entry.id);
+        self.node.interest.release(&Route::User(entry.user.to_string())).await;
+        for (source, _) in self.subs.take() {
             if let Source::Channel(name) = source {
                 self.node.interest.release(&Route::Channel(name.to_string())).await;
             }
@@ -192,21 +272,78 @@ impl Connection {
         metrics::gauge!("ws_push_connections").decrement(1.0);
         // At shutdown the node removes all its presence at once (`Presence::leave`).
         if !self.node.shutdown.is_cancelled() {
-            Box::pin(self.node.presence.update(&entry.user)).await;
+            self.node.presence.update(&entry.user).await;
         }
-        result
     }
 
-    async fn session(
-        &mut self,
-        entry: Arc<ConnEntry>,
+    /// Delivers pushes, answers requests and pings until the connection ends.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would store `claims` twice")]
+    fn session<'a>(
+        &'a mut self,
+        entry: &'a ConnEntry,
         mut claims: Claims,
-        recover: Option<Recover>,
-    ) -> Result<(), Closing> {
+    ) -> impl Future<Output = Result<(), Closing>> + Send + 'a {
+        async move {
+            let node = self.node.clone();
+            let ws = &node.config.ws;
+            let mut last_seen = Instant::now();
+            let mut next_ping = tokio::time::Instant::now() + ws.ping_interval;
+            let mut expires_at = deadline(claims.exp);
+            // One timer for both the next ping and the token's expiry.
+            let timer = tokio::time::sleep_until(next_ping.min(expires_at.unwrap_or(next_ping)));
+            tokio::pin!(timer);
+            loop {
+                tokio::select! {
+                    () = entry.outbox.ready() => {
+                        let (items, closing) = entry.outbox.take();
+                        if let Some((code, reason)) = closing {
+                            return Err(Closing::new(code, reason));
+                        }
+                        Box::pin(self.write_queued(entry, items)).await?;
+                    }
+                    message = self.socket.next() => {
+                        last_seen = Instant::now();
+                        match message {
+                            Some(Ok(Message::Text(text))) => {
+                                let message = serde_json::from_str::<ClientMessage>(text.as_str())
+                                    .map_err(|e| Closing::new(close::PROTOCOL, format!("bad message: {e}")))?;
+                                Box::pin(self.handle(entry, &mut claims, message)).await?;
+                                expires_at = deadline(claims.exp);
+                                timer.as_mut().reset(next_ping.min(expires_at.unwrap_or(next_ping)));
+                            }
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                            Some(Ok(Message::Binary(_))) => return Err(Closing::new(close::PROTOCOL, "binary frames are not used")),
+                            Some(Ok(Message::Close(_))) | None => return Ok(()),
+                            Some(Err(e)) => return Err(read_error(&e)),
+                        }
+                    }
+                    () = &mut timer => {
+                        let now = tokio::time::Instant::now();
+                        if expires_at.is_some_and(|at| now >= at) {
+                            return Err(Closing::new(close::EXPIRED, "token expired"));
+                        }
+                        if now >= next_ping {
+                            if last_seen.elapsed() > ws.ping_interval + ws.pong_timeout {
+                                return Err(Closing::new(close::PING_TIMEOUT, "ping timeout"));
+                            }
+                            self.socket
+                                .send(Message::Ping(bytes::Bytes::new()))
+                                .await
+                                .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))?;
+                            next_ping = now + ws.ping_interval;
+                        }
+                        timer.as_mut().reset(next_ping.min(expires_at.unwrap_or(next_ping)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the stream position, replays what the client asks to recover, and sends
+    /// `connected` followed by the replay.
+    async fn catch_up(&mut self, entry: &ConnEntry, claims: &Claims, recover: Option<Recover>) -> Result<(), Closing> {
         let node = self.node.clone();
-        // Boxed: the connection's future is as big as its biggest await, and it lives
-        // as long as the connection; the rare big ones go to the heap for their time.
-        let position = Box::pin(delivery::position(&node.stream))
+        let position = delivery::position(&node.stream)
             .await
             .map_err(|_| Closing::new(close::SHUTDOWN, "stream unavailable"))?;
         let mut replayed: Vec<Outgoing> = Vec::new();
@@ -218,7 +355,7 @@ impl Connection {
             if let Some(recover) = &recover {
                 match recover.offsets.get(&source.label()) {
                     Some(&after) => {
-                        let replay = Box::pin(replay(&node, &subject, &source, &recover.epoch, after, position)).await;
+                        let replay = replay(&node, &subject, &source, &recover.epoch, after, position).await;
                         recovered = recovered.map(|r| r && replay.recovered);
                         replayed.extend(replay.items);
                     }
@@ -239,62 +376,22 @@ impl Connection {
             recovered,
         })
         .await?;
-        self.write_items(replayed, true).await?;
+        self.write_items(replayed, true).await
+    }
 
-        let ws = &node.config.ws;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ws.ping_interval, ws.ping_interval);
-        let mut last_seen = Instant::now();
-        let expiry = tokio::time::sleep(expires_in(claims.exp));
-        tokio::pin!(expiry);
-        loop {
-            tokio::select! {
-                _ = node.shutdown.cancelled() => return Err(Closing::new(close::SHUTDOWN, "server shutdown")),
-                _ = entry.outbox.ready() => {
-                    let (items, closing) = entry.outbox.take();
-                    if let Some((code, reason)) = closing {
-                        return Err(Closing::new(code, reason));
-                    }
-                    // A socket that stalls is abandoned when its queue overflows (or
-                    // the API disconnects it), or after a ping period plus the pong timeout.
-                    let stall = ws.ping_interval + ws.pong_timeout;
-                    // Biased: a write that completes at once never polls the timer or
-                    // registers for the close notification (the common case).
-                    tokio::select! {
-                        biased;
-                        written = tokio::time::timeout(stall, self.write_items(items, false)) => {
-                            written.map_err(|_| Closing::new(close::PING_TIMEOUT, "write stalled"))??;
-                        }
-                        (code, reason) = entry.outbox.closed() => return Err(Closing::new(code, reason)),
-                    }
-                }
-                message = self.socket.next() => {
-                    last_seen = Instant::now();
-                    match message {
-                        Some(Ok(Message::Text(text))) => {
-                            let message = serde_json::from_str::<ClientMessage>(text.as_str())
-                                .map_err(|e| Closing::new(close::PROTOCOL, format!("bad message: {e}")))?;
-                            Box::pin(self.handle(&entry, &mut claims, message)).await?;
-                            if let Some(deadline) = tokio::time::Instant::now().checked_add(expires_in(claims.exp)) {
-                                expiry.as_mut().reset(deadline);
-                            }
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Binary(_))) => return Err(Closing::new(close::PROTOCOL, "binary frames are not used")),
-                        Some(Ok(Message::Close(_))) | None => return Ok(()),
-                        Some(Err(e)) => return Err(read_error(&e)),
-                    }
-                }
-                _ = ping.tick() => {
-                    if last_seen.elapsed() > ws.ping_interval + ws.pong_timeout {
-                        return Err(Closing::new(close::PING_TIMEOUT, "ping timeout"));
-                    }
-                    self.socket
-                        .send(Message::Ping(bytes::Bytes::new()))
-                        .await
-                        .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))?;
-                }
-                _ = &mut expiry => return Err(Closing::new(close::EXPIRED, "token expired")),
+    /// Writes what the outbox held. A socket that stalls is abandoned when its queue
+    /// overflows (or the API disconnects it or the node shuts down), or after a ping
+    /// period plus the pong timeout.
+    async fn write_queued(&mut self, entry: &ConnEntry, items: VecDeque<Outgoing>) -> Result<(), Closing> {
+        let stall = self.node.config.ws.ping_interval + self.node.config.ws.pong_timeout;
+        // Biased: a write that completes at once never polls the timer or registers
+        // for the close notification (the common case).
+        tokio::select! {
+            biased;
+            written = tokio::time::timeout(stall, self.write_items(items, false)) => {
+                written.map_err(|_| Closing::new(close::PING_TIMEOUT, "write stalled"))?
             }
+            (code, reason) = entry.outbox.closed() => Err(Closing::new(code, reason)),
         }
     }
 
@@ -352,12 +449,7 @@ async fn replay(
 }
 
 impl Connection {
-    async fn handle(
-        &mut self,
-        entry: &Arc<ConnEntry>,
-        claims: &mut Claims,
-        message: ClientMessage,
-    ) -> Result<(), Closing> {
+    async fn handle(&mut self, entry: &ConnEntry, claims: &mut Claims, message: ClientMessage) -> Result<(), Closing> {
         match message {
             ClientMessage::Connect { .. } => Err(Closing::new(close::PROTOCOL, "already connected")),
             ClientMessage::Subscribe {
@@ -410,7 +502,7 @@ impl Connection {
                 // Channels the new token no longer grants are left.
                 let revoked: Vec<Arc<str>> = self
                     .subs
-                    .keys()
+                    .sources()
                     .filter_map(|s| match s {
                         Source::Channel(name) if !claims.may_subscribe(name) => Some(name.clone()),
                         _ => None,
@@ -435,7 +527,7 @@ impl Connection {
 
     async fn subscribe(
         &mut self,
-        entry: &Arc<ConnEntry>,
+        entry: &ConnEntry,
         claims: &Claims,
         id: Option<String>,
         channel: String,
@@ -458,7 +550,7 @@ impl Connection {
                 .await;
         }
         let source = Source::Channel(Arc::from(channel.as_str()));
-        let known = self.subs.contains_key(&source);
+        let known = self.subs.contains(&source);
         let channels = self.subs.len().saturating_sub(2);
         if !known && channels >= self.node.config.ws.max_subscriptions {
             return self.send(&refuse("too_many", "too many subscriptions")).await;
@@ -509,7 +601,7 @@ impl Connection {
 
     async fn publish(
         &mut self,
-        entry: &Arc<ConnEntry>,
+        entry: &ConnEntry,
         claims: &Claims,
         topic: &str,
         data: serde_json::Value,
@@ -605,8 +697,9 @@ impl Connection {
     }
 }
 
-fn expires_in(exp: u64) -> Duration {
-    Duration::from_secs(exp.saturating_sub(now_seconds()))
+/// When a token with this `exp` expires, as a timer deadline (None: too far to matter).
+fn deadline(exp: u64) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(Duration::from_secs(exp.saturating_sub(now_seconds())))
 }
 
 fn read_error(error: &axum::Error) -> Closing {

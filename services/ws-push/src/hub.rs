@@ -344,6 +344,13 @@ impl Hub {
         })
     }
 
+    /// Asks every connection of this node to close with `code` (at shutdown).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for entry in self.read().conns.values() {
+            entry.outbox.close(code, reason);
+        }
+    }
+
     /// What this node has of `user` (zero connections when none).
     pub fn local_user(&self, user: &str) -> LocalUser {
         let registry = self.read();

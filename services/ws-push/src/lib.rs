@@ -198,7 +198,11 @@ impl App {
             grpc_services: vec![switchboard_proto::service_names::PUSH],
             health,
         };
-        let served = listeners.serve(endpoints, self.shutdown).await;
+        let close_connections = async {
+            self.shutdown.cancelled().await;
+            self.node.hub.close_all(protocol::close::SHUTDOWN, "server shutdown");
+        };
+        let (served, ()) = tokio::join!(listeners.serve(endpoints, self.shutdown.clone()), close_connections);
         self.node.presence.leave().await;
         served?;
         Ok(())
