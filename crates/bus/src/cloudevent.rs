@@ -2,9 +2,10 @@
 //! data; the attributes ride in `ce-*` headers, percent-encoded as the HTTP binding
 //! (§3.1.3.2) says; `Nats-Msg-Id` equals `ce-id` so JetStream drops duplicates.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
@@ -21,6 +22,37 @@ pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// Space, `"`, `%` and everything outside printable ASCII is percent-encoded.
 const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%').add(0x7f);
+
+// The header names as constants: a name inserted as a `&str` is copied into a new
+// buffer on every insert, one allocation per header per event.
+const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+const CE_ID: HeaderName = HeaderName::from_static("ce-id");
+const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
+const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
+const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
+const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+const CE_DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+const CONTENT_TYPE: HeaderName = HeaderName::from_static("content-type");
+
+/// The longest RFC 3339 text [`rfc3339`] writes: `9999-12-31T23:59:59.999999999+23:59`.
+pub const RFC3339_MAX_LEN: usize = 35;
+
+/// `time` in RFC 3339, written into `buf` rather than a new `String`, so a
+/// producer can put it in a header or a JSON payload without an allocation of its
+/// own. Empty when `time` has no RFC 3339 form (a year outside 0-9999, an offset
+/// with seconds), as `time`'s own formatter refuses those.
+pub fn rfc3339(time: OffsetDateTime, buf: &mut [u8; RFC3339_MAX_LEN]) -> &str {
+    let mut rest = &mut buf[..];
+    // The length is what the writer took, not the count `format_into` returns:
+    // time 0.3.55 leaves the fraction's digits out of that count.
+    let written = match time.format_into(&mut rest, &Rfc3339) {
+        Ok(_) => RFC3339_MAX_LEN - rest.len(),
+        Err(_) => 0,
+    };
+    buf.get(..written)
+        .and_then(|text| std::str::from_utf8(text).ok())
+        .unwrap_or_default()
+}
 
 /// Why a NATS message is not a CloudEvent.
 #[derive(Debug, thiserror::Error)]
@@ -146,28 +178,30 @@ impl CloudEvent {
     /// Writes the binary-mode headers into an existing map (which may already hold
     /// trace context).
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let mut put = |name: &str, value: &str| {
-            headers.insert(name, encode_value(value).as_str());
+        // One allocation per header, the value's own: `into_owned` keeps the
+        // encoded `String` when there was something to encode, copies the `&str`
+        // once when there was not.
+        let mut put = |name: HeaderName, value: &str| {
+            headers.insert(name, encode_value(value).into_owned());
         };
-        put("ce-specversion", SPEC_VERSION);
-        put("ce-id", &self.id);
-        put("ce-source", &self.source);
-        put("ce-type", &self.ty);
+        put(CE_SPECVERSION, SPEC_VERSION);
+        put(CE_ID, &self.id);
+        put(CE_SOURCE, &self.source);
+        put(CE_TYPE, &self.ty);
         if let Some(time) = self.time {
-            let formatted = time.format(&Rfc3339).unwrap_or_default();
-            put("ce-time", &formatted);
+            put(CE_TIME, rfc3339(time, &mut [0; RFC3339_MAX_LEN]));
         }
         if let Some(subject) = &self.subject {
-            put("ce-subject", subject);
+            put(CE_SUBJECT, subject);
         }
         if let Some(schema) = &self.data_schema {
-            put("ce-dataschema", schema);
+            put(CE_DATASCHEMA, schema);
         }
         for (name, value) in &self.extensions {
-            put(&format!("ce-{name}"), value);
+            headers.insert(format!("ce-{name}"), encode_value(value).into_owned());
         }
         if let Some(content_type) = &self.data_content_type {
-            headers.insert("content-type", content_type.as_str());
+            headers.insert(CONTENT_TYPE, content_type.as_str());
         }
         headers.insert(NATS_MSG_ID, self.id.as_str());
     }
@@ -219,8 +253,10 @@ impl CloudEvent {
     }
 }
 
-fn encode_value(value: &str) -> String {
-    utf8_percent_encode(value, HEADER_VALUE).to_string()
+/// The value as the header carries it: borrowed when nothing needs encoding (most
+/// values), so that case costs no allocation here.
+fn encode_value(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, HEADER_VALUE).into()
 }
 
 #[cfg(test)]
@@ -286,7 +322,25 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn rfc3339_refuses_what_time_refuses() {
+        let mut buf = [0; RFC3339_MAX_LEN];
+        let before_year_0 = OffsetDateTime::UNIX_EPOCH.replace_year(-1).unwrap();
+        assert_eq!(rfc3339(before_year_0, &mut buf), "");
+        let longest = time::macros::datetime!(9999-12-31 23:59:59.999_999_999 +23:59);
+        assert_eq!(rfc3339(longest, &mut buf), "9999-12-31T23:59:59.999999999+23:59");
+    }
+
     proptest! {
+        #[test]
+        fn rfc3339_is_times_own(seconds in 0i64..253_402_300_800, nanos in 0u32..1_000_000_000, offset in -86_399i32..86_400) {
+            let utc = OffsetDateTime::from_unix_timestamp(seconds).unwrap().replace_nanosecond(nanos).unwrap();
+            let offset = time::UtcOffset::from_whole_seconds(offset).unwrap();
+            let Some(time) = utc.checked_to_offset(offset) else { return Ok(()) };
+            let mut buf = [0; RFC3339_MAX_LEN];
+            prop_assert_eq!(rfc3339(time, &mut buf), time.format(&Rfc3339).unwrap_or_default());
+        }
+
         #[test]
         fn any_attribute_text_round_trips(subject in any::<String>(), source in "[ -~]{1,40}") {
             let event = CloudEvent::new(source, "t", Bytes::new()).with_subject(subject);

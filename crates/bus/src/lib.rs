@@ -247,14 +247,23 @@ impl Bus {
 
     /// Publishes to JetStream and returns the ack future, so a producer can keep
     /// many publishes in flight and check the acks as they come.
-    pub async fn publish_async(&self, subject: String, event: &CloudEvent) -> Result<PublishAckFuture, BusError> {
+    ///
+    /// `subject` is anything that becomes a NATS subject: a `String`, or a
+    /// [`async_nats::Subject`] a producer keeps and clones for each publish (a
+    /// reference count, where a `String` is copied into a new buffer every time).
+    pub async fn publish_async(
+        &self,
+        subject: impl Into<async_nats::Subject>,
+        event: &CloudEvent,
+    ) -> Result<PublishAckFuture, BusError> {
+        let subject = subject.into();
         let headers = Self::headers_for(event);
         self.inner
             .jetstream
             .publish_with_headers(subject.clone(), headers, event.data.clone())
             .await
             .map_err(|e| BusError::Publish {
-                subject,
+                subject: subject.to_string(),
                 reason: e.to_string(),
             })
     }

@@ -45,7 +45,10 @@ struct Call {
 /// Tracks calls of every PBX from their raw events, in order.
 #[derive(Debug, Default)]
 pub struct CallTracker {
-    calls: HashMap<(String, String), Call>,
+    /// Calls by PBX, then by Linkedid: two levels so that every event looks its
+    /// call up with the `&str`s it has, where one `(pbx, linkedid)` key would need
+    /// two new `String`s per event.
+    calls: HashMap<String, HashMap<String, Call>>,
 }
 
 fn ts(t: OffsetDateTime) -> Timestamp {
@@ -75,17 +78,17 @@ impl CallTracker {
     /// Forgets every call of `pbx` (the session dropped; the snapshot after the
     /// reconnect tells consumers what is still live).
     pub fn clear(&mut self, pbx: &str) {
-        self.calls.retain(|(p, _), _| p != pbx);
+        self.calls.remove(pbx);
     }
 
     /// The number of calls in progress.
     pub fn len(&self) -> usize {
-        self.calls.len()
+        self.calls.values().map(HashMap::len).sum()
     }
 
     /// True when no call is in progress.
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
+        self.calls.values().all(HashMap::is_empty)
     }
 
     /// Feeds one raw event; returns the call events it causes.
@@ -98,9 +101,9 @@ impl CallTracker {
         if linkedid.is_empty() {
             return out;
         }
-        let key = (raw.pbx.to_string(), linkedid.to_owned());
         if name.eq_ignore_ascii_case("Newchannel") {
-            let call = self.calls.entry(key.clone()).or_insert_with(|| {
+            let calls = self.calls.entry(raw.pbx.to_string()).or_default();
+            let call = calls.entry(linkedid.to_owned()).or_insert_with(|| {
                 let caller_num = known(m.get("CallerIDNum")).to_owned();
                 Call {
                     event: CallEvent {
@@ -132,7 +135,7 @@ impl CallTracker {
             }
             return out;
         }
-        let Some(call) = self.calls.get_mut(&key) else {
+        let Some(call) = self.calls.get_mut(&*raw.pbx).and_then(|calls| calls.get_mut(linkedid)) else {
             return out;
         };
         let ringing = call.event.ringing_at.is_some();
@@ -192,7 +195,9 @@ impl CallTracker {
                     call.event.billable_ms = call.answered.map_or(0, |a| ms(at - a));
                     call.event.missed = call.answered.is_none();
                     out.push(Self::emit(call, CallState::Ended));
-                    self.calls.remove(&key);
+                    if let Some(calls) = self.calls.get_mut(&*raw.pbx) {
+                        calls.remove(linkedid);
+                    }
                 }
             }
             _ => {}

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
-use switchboard_bus::{Bus, event_types};
+use switchboard_bus::cloudevent::{RFC3339_MAX_LEN, rfc3339};
+use switchboard_bus::{Bus, CloudEvent, Subjects, event_types};
 use switchboard_proto::ami::v1 as pb;
 use switchboard_proto::common::v1::LinkState;
 use switchboard_proto::wkt;
@@ -201,13 +202,13 @@ pub struct RawItem {
 }
 
 impl RawItem {
-    /// The proto3 JSON of `RawEvent`, written straight from the message.
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.message.text().len() * 2 + 256);
-        let mut ser = serde_json::Serializer::new(&mut out);
-        // Writing to a Vec with string keys cannot fail.
+    /// Appends the proto3 JSON of `RawEvent`, written straight from the message,
+    /// to `out` (the publisher carves each event's payload off one buffer).
+    pub fn write_json(&self, out: &mut BytesMut) {
+        out.reserve(self.message.text().len() * 2 + 256);
+        let mut ser = serde_json::Serializer::new(out.writer());
+        // Writing to memory with string keys cannot fail.
         let _ = RawJson(self).serialize(&mut ser);
-        out
     }
 
     /// The `RawEvent` proto (gRPC).
@@ -223,13 +224,17 @@ impl RawItem {
         }
     }
 
-    /// A deterministic message id: the same event read by two replicas during a
-    /// lease overlap gets the same id, so JetStream keeps one.
-    pub fn msg_id(&self) -> String {
+    /// Replaces `id` with a deterministic message id: the same event read by two
+    /// replicas during a lease overlap gets the same id, so JetStream keeps one.
+    /// Written into the caller's `String`, which the publisher reuses.
+    pub fn write_msg_id(&self, id: &mut String) {
+        use std::fmt::Write as _;
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         self.message.text().hash(&mut h);
-        format!("ami-{}-{:016x}-{}", self.pbx, h.finish(), self.message.text().len())
+        id.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(id, "ami-{}-{:016x}-{}", self.pbx, h.finish(), self.message.text().len());
     }
 }
 
@@ -272,9 +277,15 @@ fn timestamp(t: OffsetDateTime) -> wkt::Timestamp {
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+/// Serializes a number as a JSON string (proto3 JSON's 64-bit integers) through
+/// the serializer's `collect_str`, which serde_json writes in place; `to_string`
+/// would allocate.
+struct Decimal(u64);
+
+impl Serialize for Decimal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 struct RawJson<'a>(&'a RawItem);
@@ -307,18 +318,16 @@ impl Serialize for Values<'_> {
 
 impl Serialize for FieldsJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let headers: Vec<(&str, &str)> = self.0.headers().collect();
+        // Walks the message's headers again for each one rather than collecting
+        // them into a Vec first: messages have tens of headers, and this runs
+        // for every event.
+        let headers = || self.0.headers();
         let mut map = s.serialize_map(None)?;
-        for (i, (name, value)) in headers.iter().enumerate() {
-            if headers
-                .get(..i)
-                .is_some_and(|before| before.iter().any(|(n, _)| n == name))
-            {
+        for (i, (name, value)) in headers().enumerate() {
+            if headers().take(i).any(|(n, _)| n == name) {
                 continue; // written with its first occurrence
             }
-            let repeats = headers
-                .get(i + 1..)
-                .is_some_and(|after| after.iter().any(|(n, _)| n == name));
+            let repeats = headers().skip(i + 1).any(|(n, _)| n == name);
             if repeats {
                 map.serialize_entry(name, &Values(self.0, name))?;
             } else {
@@ -337,8 +346,8 @@ impl Serialize for RawJson<'_> {
         map.serialize_entry("event", item.message.event().unwrap_or_default())?;
         map.serialize_entry("headers", &HeadersJson(&item.message))?;
         map.serialize_entry("fields", &FieldsJson(&item.message))?;
-        map.serialize_entry("receivedAt", &rfc3339(item.received_at))?;
-        map.serialize_entry("sequence", &item.sequence.to_string())?;
+        map.serialize_entry("receivedAt", rfc3339(item.received_at, &mut [0; RFC3339_MAX_LEN]))?;
+        map.serialize_entry("sequence", &Decimal(item.sequence))?;
         map.serialize_entry("sessionId", &*item.session_id)?;
         map.end()
     }
@@ -1048,6 +1057,59 @@ async fn wait_reply<S: AsyncRead + Unpin>(
     }
 }
 
+/// The raw-event subject of each PBX and event name seen, made once: the
+/// publisher clones a [`async_nats::Subject`] (a reference count) for each event
+/// instead of formatting a new subject `String` that the client then copies.
+#[derive(Debug, Default)]
+struct RawSubjects {
+    /// Subjects by PBX, then by the event name as the PBX spelled it.
+    by_pbx: HashMap<Arc<str>, HashMap<String, async_nats::Subject>>,
+}
+
+impl RawSubjects {
+    /// Most event names kept per PBX. Asterisk has a few hundred; a PBX that
+    /// sends more (made-up names) has its map cleared rather than grown without
+    /// bound.
+    const MAX_NAMES: usize = 1024;
+
+    /// `sb.evt.ami.<pbx>.raw.<event>`, as [`Subjects::ami_raw`] makes it.
+    fn get(&mut self, subjects: &Subjects, pbx: &Arc<str>, event: &str) -> async_nats::Subject {
+        let names = self.by_pbx.entry(pbx.clone()).or_default();
+        if let Some(subject) = names.get(event) {
+            return subject.clone();
+        }
+        if names.len() >= Self::MAX_NAMES {
+            names.clear();
+        }
+        let subject = async_nats::Subject::from(subjects.ami_raw(pbx, event));
+        names.insert(event.to_owned(), subject.clone());
+        subject
+    }
+}
+
+/// How much the publisher's JSON buffer takes from the allocator at a time. Each
+/// raw event's payload is split off it, so one allocation serves about a hundred
+/// events of a flood; it stays alive until the last payload cut from it is sent.
+const JSON_CHUNK: usize = 64 * 1024;
+
+/// Publishes one event and queues its ack (a failure is counted and logged: the
+/// publisher goes on with the next event).
+async fn publish(
+    bus: &Bus,
+    subject: impl Into<async_nats::Subject>,
+    event: &CloudEvent,
+    span: tracing::Span,
+    acks: &mut std::collections::VecDeque<async_nats::jetstream::context::PublishAckFuture>,
+) {
+    match bus.publish_async(subject, event).instrument(span).await {
+        Ok(ack) => acks.push_back(ack),
+        Err(e) => {
+            metrics::counter!("ami_publish_failures_total").increment(1);
+            tracing::warn!("publish failed: {e}");
+        }
+    }
+}
+
 /// Publishes what sessions produce, in order, with pipelined acks.
 pub async fn publisher(
     bus: Bus,
@@ -1058,6 +1120,15 @@ pub async fn publisher(
     let subjects = bus.subjects().clone();
     let mut acks = std::collections::VecDeque::with_capacity(window);
     let mut tracker = crate::calls::CallTracker::default();
+    let mut raw_subjects = RawSubjects::default();
+    // One raw event, refilled for every raw event (its id and subject strings
+    // keep their memory), and one buffer the JSON payloads are split off.
+    let mut raw_event = CloudEvent::new(bus.source(), event_types::AMI_RAW, Bytes::new());
+    let mut json = BytesMut::with_capacity(JSON_CHUNK);
+    // A derived call event starts a trace (its span's context rides in the NATS
+    // headers, so the rules and pushes it causes join it); raw events do not, at
+    // tens of thousands per second. Kept across items for its memory.
+    let mut published: Vec<(String, CloudEvent, tracing::Span)> = Vec::with_capacity(2);
     // Counted locally and flushed to the metrics registry in batches: the hot path
     // stays free of registry lookups.
     let mut unflushed: u64 = 0;
@@ -1080,21 +1151,19 @@ pub async fn publisher(
                 }
             }
         };
-        // A derived call event starts a trace (its span's context rides in the NATS
-        // headers, so the rules and pushes it causes join it); raw events do not, at
-        // tens of thousands per second.
-        let mut published: Vec<(String, switchboard_bus::CloudEvent, tracing::Span)> = Vec::with_capacity(2);
         match item {
             Outbound::Raw(raw) => {
                 unflushed += 1;
                 let event = raw.message.event().unwrap_or_default();
-                let subject = subjects.ami_raw(&raw.pbx, event);
-                let ce =
-                    switchboard_bus::CloudEvent::new(bus.source(), event_types::AMI_RAW, Bytes::from(raw.to_json()))
-                        .with_id(raw.msg_id())
-                        .with_subject(event.to_owned())
-                        .with_time(raw.received_at);
-                published.push((subject, ce, tracing::Span::none()));
+                raw.write_json(&mut json);
+                raw_event.data = json.split().freeze();
+                raw.write_msg_id(&mut raw_event.id);
+                let subject = raw_event.subject.get_or_insert_default();
+                subject.clear();
+                subject.push_str(event);
+                raw_event.time = Some(raw.received_at);
+                let subject = raw_subjects.get(&subjects, &raw.pbx, event);
+                publish(&bus, subject, &raw_event, tracing::Span::none(), &mut acks).await;
                 for call in tracker.observe(&raw) {
                     let state = crate::calls::state_name(call.state);
                     let id = format!("call-{}-{}-{state}", raw.pbx, call.call_id);
@@ -1156,14 +1225,8 @@ pub async fn publisher(
                 }
             }
         }
-        for (subject, ce, span) in published {
-            match bus.publish_async(subject, &ce).instrument(span).await {
-                Ok(ack) => acks.push_back(ack),
-                Err(e) => {
-                    metrics::counter!("ami_publish_failures_total").increment(1);
-                    tracing::warn!("publish failed: {e}");
-                }
-            }
+        for (subject, ce, span) in published.drain(..) {
+            publish(&bus, subject, &ce, span, &mut acks).await;
         }
         settle(&mut acks, window).await;
     }
@@ -1226,13 +1289,25 @@ mod tests {
             received_at: OffsetDateTime::UNIX_EPOCH,
             message: m,
         };
-        let json: serde_json::Value = serde_json::from_slice(&item.to_json()).expect("json");
+        let mut out = BytesMut::new();
+        item.write_json(&mut out);
+        // The exact bytes on the bus: field order, strings for 64-bit numbers, RFC 3339.
+        assert_eq!(
+            std::str::from_utf8(&out).expect("utf-8"),
+            concat!(
+                r#"{"pbx":"pbx1","event":"VarSet","headers":[{"name":"Event","value":"VarSet"},"#,
+                r#"{"name":"Variable","value":"A"},{"name":"Variable","value":"B"},{"name":"Value","value":"x"}],"#,
+                r#""fields":{"Event":"VarSet","Variable":["A","B"],"Value":"x"},"#,
+                r#""receivedAt":"1970-01-01T00:00:00Z","sequence":"7","sessionId":"s1"}"#
+            )
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(json["fields"]["Variable"], serde_json::json!(["A", "B"]));
         assert_eq!(json["fields"]["Value"], "x");
         assert_eq!(json["headers"][2]["value"], "B");
         assert_eq!(json["sequence"], "7");
         // The same bytes decode as the proto type.
-        let proto: pb::RawEvent = serde_json::from_slice(&item.to_json()).expect("proto json");
+        let proto: pb::RawEvent = serde_json::from_slice(&out).expect("proto json");
         assert_eq!(proto.headers.len(), 4);
         assert_eq!(proto.sequence, 7);
         assert_eq!(proto.fields, item.to_proto().fields);
@@ -1249,10 +1324,43 @@ mod tests {
             received_at: OffsetDateTime::now_utc(),
             message: m,
         };
-        assert_eq!(item(a.clone(), 1).msg_id(), item(a, 2).msg_id());
-        assert_ne!(
-            item(b, 1).msg_id(),
-            item(Message::from_headers([("Event", "X")]), 1).msg_id()
+        let id = |item: RawItem| {
+            let mut id = "left over from the event before".to_owned();
+            item.write_msg_id(&mut id);
+            id
+        };
+        assert_eq!(id(item(a.clone(), 1)), id(item(a, 2)));
+        assert_ne!(id(item(b, 1)), id(item(Message::from_headers([("Event", "X")]), 1)));
+        let text_len = "Event: X\nUniqueid: 1\n".len();
+        assert!(id(item(Message::from_headers([("Event", "X"), ("Uniqueid", "1")]), 1)).starts_with("ami-p-"));
+        assert!(
+            id(item(Message::from_headers([("Event", "X"), ("Uniqueid", "1")]), 1)).ends_with(&format!("-{text_len}"))
+        );
+    }
+
+    #[test]
+    fn raw_subjects_are_the_bus_subjects() {
+        let subjects = Subjects::new("sb").expect("prefix");
+        let mut cache = RawSubjects::default();
+        let pbx: Arc<str> = Arc::from("pbx.1");
+        for event in ["Newexten", "Odd Name*", "Newexten", ""] {
+            assert_eq!(
+                cache.get(&subjects, &pbx, event).as_str(),
+                subjects.ami_raw(&pbx, event)
+            );
+        }
+        for n in 0..RawSubjects::MAX_NAMES + 10 {
+            let event = format!("Made{n}");
+            assert_eq!(
+                cache.get(&subjects, &pbx, &event).as_str(),
+                subjects.ami_raw(&pbx, &event)
+            );
+        }
+        assert!(
+            cache
+                .by_pbx
+                .get("pbx.1")
+                .is_some_and(|names| names.len() <= RawSubjects::MAX_NAMES)
         );
     }
 }
