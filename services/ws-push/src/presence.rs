@@ -9,7 +9,8 @@
 //! user's last entry, publishes `offline` with a deterministic event id so the
 //! sweeps of several nodes are deduplicated by JetStream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -49,8 +50,11 @@ pub struct Presence {
     ttl: Duration,
     join_leave: bool,
     hub: Arc<Hub>,
-    /// key -> entry, every node's.
-    mirror: RwLock<HashMap<String, NodeEntry>>,
+    /// key -> entry, every node's. Ordered, so that one user's entries (their keys
+    /// share the prefix `<user>.`) are a range: asking about a user costs a lookup,
+    /// not a scan of every user (which made connecting, leaving and the sweep
+    /// quadratic in the users online).
+    mirror: RwLock<BTreeMap<String, NodeEntry>>,
     /// Serialises this node's changes of one user (by hash shard) so online/offline
     /// are decided in order, without serialising unrelated users.
     changes: Vec<tokio::sync::Mutex<()>>,
@@ -74,6 +78,17 @@ const LEAVE_BUDGET: Duration = Duration::from_secs(5);
 
 fn key(user: &str, node: &str) -> String {
     format!("{}.{node}", escape_token(user))
+}
+
+/// `user`'s entries in the mirror, one per node.
+fn entries_of<'a>(mirror: &'a BTreeMap<String, NodeEntry>, user: &str) -> impl Iterator<Item = &'a NodeEntry> {
+    let prefix = format!("{}.", escape_token(user));
+    let node_at = prefix.len();
+    let entries = mirror.range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded));
+    entries
+        .take_while(move |(key, _)| key.starts_with(&prefix))
+        .filter(move |(key, _)| !key[node_at..].contains('.'))
+        .map(|(_, entry)| entry)
 }
 
 impl Presence {
@@ -187,17 +202,14 @@ impl Presence {
     /// The user's presence across nodes.
     pub fn user(&self, user: &str) -> UserPresence {
         let now = now_millis();
-        let prefix = format!("{}.", escape_token(user));
         let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
         let mut presence = UserPresence {
             user: user.to_owned(),
             ..Default::default()
         };
-        for (key, entry) in mirror.iter() {
-            if key.starts_with(&prefix) && key[prefix.len()..].find('.').is_none() && self.is_live(entry, now) {
-                presence.connections += entry.connections;
-                presence.admin |= entry.admin;
-            }
+        for entry in entries_of(&mirror, user).filter(|entry| self.is_live(entry, now)) {
+            presence.connections += entry.connections;
+            presence.admin |= entry.admin;
         }
         presence.online = presence.connections > 0;
         presence
@@ -283,9 +295,8 @@ impl Presence {
     fn channels_of(&self, user: &str) -> std::collections::BTreeSet<String> {
         let now = now_millis();
         let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
-        mirror
-            .values()
-            .filter(|e| e.user == user && self.is_live(e, now))
+        entries_of(&mirror, user)
+            .filter(|e| self.is_live(e, now))
             .flat_map(|e| e.channels.iter().cloned())
             .collect()
     }
