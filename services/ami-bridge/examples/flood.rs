@@ -97,8 +97,16 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 async fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut args = std::env::args().skip(1);
-    let events: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
-    let latency_rate: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    // Anything that is not a number (`--help` included) gets the usage, not a flood.
+    let mut number = |default: u64| match args.next() {
+        None => default,
+        Some(arg) => arg.parse().unwrap_or_else(|_| {
+            eprintln!("usage: flood [events, default 200000] [latency_rate events/s, default 10000]");
+            std::process::exit(2)
+        }),
+    };
+    let events = number(200_000);
+    let latency_rate = number(10_000);
     let nats = NatsServer::start().expect("nats-server 2.10+ on PATH");
     let shutdown = CancellationToken::new();
     let sim = SimHandle::start(
