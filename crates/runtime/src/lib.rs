@@ -10,6 +10,7 @@
 pub mod config;
 pub mod health;
 pub mod server;
+pub mod socket;
 pub mod telemetry;
 pub mod tls;
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{GrpcConfig, HttpConfig, LogConfig, LogFormat, ServiceArgs, Validate};
 pub use health::Health;
 pub use server::{Endpoints, Listeners};
+pub use socket::{Peer, Socket};
 
 /// What can stop a service from starting or serving.
 #[derive(Debug, thiserror::Error)]
