@@ -12,6 +12,7 @@ use tonic::service::Routes;
 use crate::RuntimeError;
 use crate::config::{GrpcConfig, HttpConfig};
 use crate::health::Health;
+use crate::socket::{Peer, SocketListener};
 
 /// The bound listeners of a service, before it serves.
 #[derive(Debug)]
@@ -84,12 +85,15 @@ impl Listeners {
 
         let http_stop = shutdown.clone();
         let http = async move {
-            // With the peer address, so handlers can use `ConnectInfo<SocketAddr>`
-            // (ws-push limits connections per client IP).
-            axum::serve(self.http, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-                .map_err(|e| RuntimeError::Serve(format!("http: {e}")))
+            // Every request carries `ConnectInfo<Peer>`: the client's address (for
+            // per-IP limits) and its connection (ws-push writes pushes to it).
+            axum::serve(
+                SocketListener(self.http),
+                router.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+            .map_err(|e| RuntimeError::Serve(format!("http: {e}")))
         };
         let grpc_stop = shutdown.clone();
         let grpc_serve = async move {

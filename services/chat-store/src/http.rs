@@ -3,8 +3,6 @@
 //! `switchboard.chat.v1` messages (camelCase), so browsers, gRPC clients and NATS
 //! subscribers see the same shapes.
 
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -15,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchboard_proto::chat::v1 as pb;
 use switchboard_proto::common::v1::PageRequest;
+use switchboard_runtime::Peer;
 
 use crate::auth::{Credentials, Management};
 use crate::error::Error;
@@ -110,7 +109,7 @@ impl FromRequestParts<HttpState> for Manager {
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Self::Rejection> {
         let key = bearer(&parts.headers);
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let ip = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.addr.ip());
         state.management.check(key, ip)?;
         Ok(Manager)
     }

@@ -1,8 +1,6 @@
 //! `GET /ws`: one task per browser connection that authenticates it, registers it,
 //! recovers what it missed, writes its queued pushes and answers its requests.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +8,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde::Deserialize;
 use switchboard_bus::event_types;
 use switchboard_proto::push::v1::Inbound;
+use switchboard_runtime::{Peer, Socket};
 
 use crate::auth::{AuthError, Claims, now_seconds};
 use crate::delivery::{self, Replay, Route};
@@ -33,7 +32,7 @@ pub struct WsQuery {
 /// Upgrades `/ws` after the origin and per-IP checks.
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -45,7 +44,7 @@ pub async fn upgrade(
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
     }
-    let slot = match node.hub.reserve_ip(peer.ip(), ws_config.max_connections_per_ip) {
+    let slot = match node.hub.reserve_ip(peer.addr.ip(), ws_config.max_connections_per_ip) {
         Ok(slot) => slot,
         Err(e) => return (StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response(),
     };
@@ -60,66 +59,17 @@ pub async fn upgrade(
                 node,
                 socket,
                 _slot: slot,
-                subs: Offsets::new(),
                 tokens: burst,
                 refilled: Instant::now(),
             }
-            .run(query.token)
+            .run(query.token, peer.socket)
         })
-}
-
-/// The last offset delivered per subscribed source (a source absent here is not
-/// subscribed). A connection has a handful (its user, `all`, a few channels), so a
-/// vector scanned in order costs less, in every idle connection, than a hash table.
-#[derive(Debug, Default)]
-struct Offsets(Vec<(Source, u64)>);
-
-impl Offsets {
-    /// Room for the two every connection has: its user and `all`.
-    fn new() -> Self {
-        Self(Vec::with_capacity(2))
-    }
-
-    fn get_mut(&mut self, source: &Source) -> Option<&mut u64> {
-        self.0.iter_mut().find(|(s, _)| s == source).map(|(_, offset)| offset)
-    }
-
-    fn contains(&self, source: &Source) -> bool {
-        self.0.iter().any(|(s, _)| s == source)
-    }
-
-    /// Sets a source's offset, subscribing it when it is new.
-    fn insert(&mut self, source: Source, offset: u64) {
-        match self.get_mut(&source) {
-            Some(last) => *last = offset,
-            None => self.0.push((source, offset)),
-        }
-    }
-
-    fn remove(&mut self, source: &Source) -> Option<u64> {
-        let index = self.0.iter().position(|(s, _)| s == source)?;
-        Some(self.0.swap_remove(index).1)
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn sources(&self) -> impl Iterator<Item = &Source> {
-        self.0.iter().map(|(source, _)| source)
-    }
-
-    fn take(&mut self) -> Vec<(Source, u64)> {
-        std::mem::take(&mut self.0)
-    }
 }
 
 struct Connection {
     node: Arc<Node>,
     socket: WebSocket,
     _slot: IpSlot,
-    /// What it is subscribed to and how far each source was delivered.
-    subs: Offsets,
     /// Inbound rate limiter (token bucket).
     tokens: f64,
     refilled: Instant,
@@ -155,9 +105,9 @@ fn auth_closing(error: &AuthError) -> Closing {
 // keeps each argument it moves into a local twice (the argument and the local).
 impl Connection {
     #[expect(clippy::manual_async_fn, reason = "an async fn would store `self` twice")]
-    fn run(mut self, query_token: Option<String>) -> impl Future<Output = ()> + Send {
+    fn run(mut self, query_token: Option<String>, raw: Socket) -> impl Future<Output = ()> + Send {
         async move {
-            let outcome = self.serve(query_token).await;
+            let outcome = self.serve(query_token, raw).await;
             if let Err(Closing(code, reason)) = outcome {
                 let frame = CloseFrame {
                     code,
@@ -199,16 +149,17 @@ impl Connection {
             .map_err(|_| Closing::new(close::NO_TOKEN, "no connect message"))?
     }
 
-    async fn serve(&mut self, query_token: Option<String>) -> Result<(), Closing> {
-        let (entry, claims) = Box::pin(self.sign_in(query_token)).await?;
+    async fn serve(&mut self, query_token: Option<String>, raw: Socket) -> Result<(), Closing> {
+        let (entry, claims) = Box::pin(self.sign_in(query_token, raw)).await?;
         let result = self.session(&entry, claims).await;
         Box::pin(self.leave(&entry)).await;
         result
     }
 
-    /// Reads `connect`, verifies the token, registers the connection, subscribes to
-    /// its user's pushes, and sends `connected` with what the client asks to recover.
-    async fn sign_in(&mut self, query_token: Option<String>) -> Result<(Arc<ConnEntry>, Claims), Closing> {
+    /// Reads `connect`, verifies the token, registers the connection (pushes go
+    /// straight to `raw`, its socket), subscribes to its user's pushes, and sends
+    /// `connected` with what the client asks to recover.
+    async fn sign_in(&mut self, query_token: Option<String>, raw: Socket) -> Result<(Arc<ConnEntry>, Claims), Closing> {
         let (token, recover) = match self.first_message().await? {
             ClientMessage::Connect { token, recover } => (token, recover),
             _ => return Err(Closing::new(close::PROTOCOL, "the first message must be connect")),
@@ -225,6 +176,7 @@ impl Connection {
             id,
             &claims.sub,
             claims.admin,
+            raw,
             self.node.config.ws.max_queued_bytes,
         ));
         match self
@@ -264,10 +216,8 @@ impl Connection {
     async fn leave(&mut self, entry: &ConnEntry) {
         self.node.hub.unregister(entry.id);
         self.node.interest.release(&Route::User(entry.user.to_string())).await;
-        for (source, _) in self.subs.take() {
-            if let Source::Channel(name) = source {
-                self.node.interest.release(&Route::Channel(name.to_string())).await;
-            }
+        for name in entry.outbox.unsubscribe_all() {
+            self.node.interest.release(&Route::Channel(name.to_string())).await;
         }
         metrics::gauge!("ws_push_connections").decrement(1.0);
         // At shutdown the node removes all its presence at once (`Presence::leave`).
@@ -295,11 +245,10 @@ impl Connection {
             loop {
                 tokio::select! {
                     () = entry.outbox.ready() => {
-                        let (items, closing) = entry.outbox.take();
-                        if let Some((code, reason)) = closing {
+                        if let Some((code, reason)) = entry.outbox.close_request() {
                             return Err(Closing::new(code, reason));
                         }
-                        Box::pin(self.write_queued(entry, items)).await?;
+                        Box::pin(drain(entry, ws.ping_interval + ws.pong_timeout)).await?;
                     }
                     message = self.socket.next() => {
                         last_seen = Instant::now();
@@ -362,7 +311,7 @@ impl Connection {
                     None => recovered = Some(false),
                 }
             }
-            self.subs.insert(source, position.1);
+            entry.outbox.subscribe(source, position.1);
         }
         replayed.sort_by_key(|item| item.offset);
         self.send(&ServerMessage::Connected {
@@ -376,50 +325,36 @@ impl Connection {
             recovered,
         })
         .await?;
-        self.write_items(replayed, true).await
-    }
-
-    /// Writes what the outbox held. A socket that stalls is abandoned when its queue
-    /// overflows (or the API disconnects it or the node shuts down), or after a ping
-    /// period plus the pong timeout.
-    async fn write_queued(&mut self, entry: &ConnEntry, items: VecDeque<Outgoing>) -> Result<(), Closing> {
-        let stall = self.node.config.ws.ping_interval + self.node.config.ws.pong_timeout;
-        // Biased: a write that completes at once never polls the timer or registers
-        // for the close notification (the common case).
-        tokio::select! {
-            biased;
-            written = tokio::time::timeout(stall, self.write_items(items, false)) => {
-                written.map_err(|_| Closing::new(close::PING_TIMEOUT, "write stalled"))?
-            }
-            (code, reason) = entry.outbox.closed() => Err(Closing::new(code, reason)),
-        }
-    }
-
-    /// Writes queued items (skipping those of sources no longer subscribed and those
-    /// at or below the source's last offset, which recovery already sent) with one flush.
-    async fn write_items(&mut self, items: impl IntoIterator<Item = Outgoing>, replay: bool) -> Result<(), Closing> {
-        let mut written = 0usize;
-        for item in items {
-            let Some(last) = self.subs.get_mut(&item.source) else {
-                continue;
-            };
-            if item.offset <= *last && !replay {
-                continue;
-            }
-            *last = (*last).max(item.offset);
-            self.socket
-                .feed(Message::Text(item.frame))
-                .await
-                .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))?;
-            written += 1;
-        }
-        if written > 0 {
-            self.socket
-                .flush()
-                .await
-                .map_err(|_| Closing::new(close::SHUTDOWN, "write failed"))?;
+        if entry.outbox.replay(replayed) | entry.outbox.release() {
+            entry.outbox.flush();
         }
         Ok(())
+    }
+}
+
+/// The answer to a request that failed.
+fn refusal(id: &Option<String>, code: &'static str, message: &str) -> ServerMessage {
+    ServerMessage::Error {
+        id: id.clone(),
+        code,
+        message: message.to_owned(),
+    }
+}
+
+/// Waits for a full socket to take what is queued on it. A socket that stalls is
+/// abandoned when its queue overflows (or the API disconnects it or the node shuts
+/// down), or after `stall` (a ping period plus the pong timeout).
+async fn drain(entry: &ConnEntry, stall: Duration) -> Result<(), Closing> {
+    // Biased: a socket that takes everything at once never polls the timer or
+    // registers for the close notification.
+    tokio::select! {
+        biased;
+        written = tokio::time::timeout(stall, entry.outbox.socket().flush_queued()) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Closing::new(close::SHUTDOWN, "write failed")),
+            Err(_) => Err(Closing::new(close::PING_TIMEOUT, "write stalled")),
+        },
+        (code, reason) = entry.outbox.closed() => Err(Closing::new(code, reason)),
     }
 }
 
@@ -460,7 +395,7 @@ impl Connection {
             } => self.subscribe(entry, claims, id, channel, offset, epoch).await,
             ClientMessage::Unsubscribe { id, channel } => {
                 let source = Source::Channel(Arc::from(channel.as_str()));
-                if self.subs.remove(&source).is_some() {
+                if entry.outbox.unsubscribe(&source) {
                     self.node.hub.unsubscribe(entry.id, &channel);
                     self.node.interest.release(&Route::Channel(channel.clone())).await;
                     self.node.presence.update(&claims.sub).await;
@@ -500,16 +435,14 @@ impl Connection {
                 }
                 *claims = fresh;
                 // Channels the new token no longer grants are left.
-                let revoked: Vec<Arc<str>> = self
-                    .subs
-                    .sources()
-                    .filter_map(|s| match s {
-                        Source::Channel(name) if !claims.may_subscribe(name) => Some(name.clone()),
-                        _ => None,
-                    })
+                let revoked: Vec<Arc<str>> = entry
+                    .outbox
+                    .channels()
+                    .into_iter()
+                    .filter(|name| !claims.may_subscribe(name))
                     .collect();
                 for name in &revoked {
-                    self.subs.remove(&Source::Channel(name.clone()));
+                    entry.outbox.unsubscribe(&Source::Channel(name.clone()));
                     self.node.hub.unsubscribe(entry.id, name);
                     self.node.interest.release(&Route::Channel(name.to_string())).await;
                 }
@@ -534,34 +467,52 @@ impl Connection {
         offset: Option<u64>,
         epoch: Option<String>,
     ) -> Result<(), Closing> {
-        let refuse = |code: &'static str, message: &str| ServerMessage::Error {
-            id: id.clone(),
-            code,
-            message: message.to_owned(),
-        };
         if !pattern::valid_name(&channel) {
             return self
-                .send(&refuse("invalid", "channel names are 1-128 of [A-Za-z0-9._:@-]"))
+                .send(&refusal(&id, "invalid", "channel names are 1-128 of [A-Za-z0-9._:@-]"))
                 .await;
         }
         if !claims.may_subscribe(&channel) {
             return self
-                .send(&refuse("forbidden", "the token does not grant this channel"))
+                .send(&refusal(&id, "forbidden", "the token does not grant this channel"))
                 .await;
         }
         let source = Source::Channel(Arc::from(channel.as_str()));
-        let known = self.subs.contains(&source);
-        let channels = self.subs.len().saturating_sub(2);
+        let known = entry.outbox.subscribes(&source);
+        let channels = entry.outbox.channels().len();
         if !known && channels >= self.node.config.ws.max_subscriptions {
-            return self.send(&refuse("too_many", "too many subscriptions")).await;
+            return self.send(&refusal(&id, "too_many", "too many subscriptions")).await;
         }
+        // Pushes wait while this runs, so the replay comes before them.
+        entry.outbox.hold();
+        let subscribed = self
+            .subscribe_held(entry, claims, id, channel, source, known, offset, epoch)
+            .await;
+        if entry.outbox.release() {
+            entry.outbox.flush();
+        }
+        subscribed
+    }
+
+    /// Subscribes, replays what the client asks to recover and answers.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one request")]
+    async fn subscribe_held(
+        &mut self,
+        entry: &ConnEntry,
+        claims: &Claims,
+        id: Option<String>,
+        channel: String,
+        source: Source,
+        known: bool,
+        offset: Option<u64>,
+        epoch: Option<String>,
+    ) -> Result<(), Closing> {
         // Subscribe and register first, then read the position: a push after the
-        // position is either in the outbox or in the replay, and offsets drop the
-        // overlap.
+        // position is either held or in the replay, and offsets drop the overlap.
         let route = Route::Channel(channel.clone());
         if !known {
             if let Err(e) = self.node.interest.hold(&route).await {
-                return self.send(&refuse("unavailable", &e.to_string())).await;
+                return self.send(&refusal(&id, "unavailable", &e.to_string())).await;
             }
             self.node.hub.subscribe(entry.id, &channel);
         }
@@ -572,7 +523,7 @@ impl Connection {
                     self.node.hub.unsubscribe(entry.id, &channel);
                     self.node.interest.release(&route).await;
                 }
-                return self.send(&refuse("unavailable", &e.to_string())).await;
+                return self.send(&refusal(&id, "unavailable", &e.to_string())).await;
             }
         };
         let (recovered, items) = match (offset, epoch) {
@@ -584,7 +535,7 @@ impl Connection {
             }
             _ => (None, Vec::new()),
         };
-        self.subs.insert(source, position.1);
+        entry.outbox.subscribe(source, position.1);
         if !known {
             self.node.presence.update(&claims.sub).await;
         }
@@ -596,7 +547,10 @@ impl Connection {
             recovered,
         })
         .await?;
-        self.write_items(items, true).await
+        if entry.outbox.replay(items) {
+            entry.outbox.flush();
+        }
+        Ok(())
     }
 
     async fn publish(

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use switchboard_bus::Subjects;
 
 use crate::Error;
-use crate::hub::{Hub, Outgoing, Source};
+use crate::hub::{self, Hub, Outgoing, Source};
 
 /// Where a push goes: the subject it was published on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,9 +64,9 @@ pub fn epoch_of(stream: &Stream) -> String {
     format!("{:x}", stream.cached_info().created.unix_timestamp_nanos())
 }
 
-/// The JSON frame of one push, built once for every connection it goes to.
+/// The WebSocket frame of one push, built once for every connection it goes to.
 /// `payload` must be valid JSON (the `Push` as published).
-pub fn frame(source: &Source, offset: u64, epoch: &str, payload: &[u8]) -> Option<Utf8Bytes> {
+pub fn frame(source: &Source, offset: u64, epoch: &str, payload: &[u8]) -> Option<Bytes> {
     let payload = std::str::from_utf8(payload).ok()?;
     serde_json::from_str::<serde::de::IgnoredAny>(payload).ok()?;
     let source = serde_json::to_string(&source.label()).ok()?;
@@ -81,7 +81,38 @@ pub fn frame(source: &Source, offset: u64, epoch: &str, payload: &[u8]) -> Optio
     text.push_str(r#","push":"#);
     text.push_str(payload);
     text.push('}');
-    Some(Utf8Bytes::from(text))
+    Some(text_frame(text.as_bytes()))
+}
+
+/// A whole unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server
+/// sends it: the same bytes for every connection.
+pub fn text_frame(text: &[u8]) -> Bytes {
+    const FIN_TEXT: u8 = 0x81;
+    let len = text.len();
+    let mut frame = Vec::with_capacity(len + 10);
+    frame.push(FIN_TEXT);
+    if len < 126 {
+        frame.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        frame.push(126);
+        frame.extend_from_slice(&len.to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(text);
+    Bytes::from(frame)
+}
+
+/// The text of a frame made by [`text_frame`].
+#[cfg(test)]
+pub fn frame_text(frame: &[u8]) -> &str {
+    let header = match frame[1] {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    std::str::from_utf8(&frame[header..]).expect("frames are text")
 }
 
 /// The first and last sequence of the stream now.
@@ -158,15 +189,16 @@ pub async fn replay(
     Replay { recovered: true, items }
 }
 
-/// Queues one push for this node's connections it is for; returns how many.
+/// Sends one push to this node's connections it is for; returns how many.
 pub fn deliver(hub: &Hub, route: &Route, item: &Outgoing) -> usize {
-    let delivered = match route {
+    let fanout = match route {
         Route::User(user) => hub.deliver_user(user, item),
         Route::Channel(channel) => hub.deliver_channel(channel, item),
         Route::All => hub.deliver_all(item),
     };
-    metrics::counter!("ws_push_deliveries_total").increment(delivered as u64);
-    delivered
+    hub::flush(fanout.to_flush);
+    metrics::counter!("ws_push_deliveries_total").increment(fanout.delivered as u64);
+    fanout.delivered
 }
 
 #[cfg(test)]
@@ -177,7 +209,7 @@ mod tests {
     #[test]
     fn frames_embed_the_payload_once() {
         let frame = frame(&Source::Channel("news".into()), 7, "e1", br#"{"type":"t","data":[1]}"#).unwrap();
-        let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(frame_text(&frame)).unwrap();
         assert_eq!(value["type"], "push");
         assert_eq!(value["source"], "channel:news");
         assert_eq!(value["offset"], 7);
@@ -191,8 +223,27 @@ mod tests {
         #[test]
         fn any_payload_is_framed_as_json_or_refused(payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             if let Some(frame) = frame(&Source::User, 1, "e", &payload) {
-                prop_assert!(serde_json::from_str::<serde_json::Value>(frame.as_str()).is_ok());
+                prop_assert!(serde_json::from_str::<serde_json::Value>(frame_text(&frame)).is_ok());
             }
+        }
+
+        #[test]
+        fn text_frames_parse_as_one_whole_frame(
+            len in prop_oneof![0usize..130, 65_530usize..65_540, 70_000usize..70_010],
+            letter in proptest::char::range('a', '\u{10ffff}'),
+        ) {
+            let text: String = std::iter::repeat_n(letter, len / letter.len_utf8()).collect();
+            let frame = text_frame(text.as_bytes());
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_frame_size(None)
+                .max_message_size(None);
+            let mut socket = tokio_tungstenite::tungstenite::WebSocket::from_raw_socket(
+                std::io::Cursor::new(frame.to_vec()),
+                tokio_tungstenite::tungstenite::protocol::Role::Client,
+                Some(config),
+            );
+            let received = socket.read().expect("a valid frame").into_text().expect("a text frame");
+            prop_assert_eq!(received.as_str(), text.as_str());
         }
     }
 }

@@ -1,15 +1,18 @@
 //! The connections of this node: who is connected, who listens to which channel,
 //! and each connection's bounded outgoing queue.
 //!
-//! A push is serialised once into a [`Utf8Bytes`] frame and the same bytes are
-//! queued for every matching connection; each connection's task drains its whole
-//! queue at once and writes it with one flush (frames are coalesced per socket).
+//! A push is serialised once, as a whole WebSocket frame, and the same bytes are
+//! queued on every matching connection's socket; a few flusher tasks then write each
+//! socket with one system call ([`flush`]). No connection's task wakes for a push:
+//! it only waits when its socket is full. Frames queued while a socket is busy go out
+//! together in its next write.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use switchboard_runtime::Socket;
 use tokio::sync::Notify;
 
 use crate::protocol::close;
@@ -39,38 +42,94 @@ impl Source {
     }
 }
 
-/// One frame queued for a connection.
+/// One push for a connection.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     /// Its source.
     pub source: Source,
     /// Its stream offset.
     pub offset: u64,
-    /// The JSON text, shared by every connection it goes to.
-    pub frame: Utf8Bytes,
+    /// The whole WebSocket text frame, shared by every connection it goes to.
+    pub frame: Bytes,
 }
 
+/// The last offset delivered per subscribed source (a source absent here is not
+/// subscribed). A connection has a handful (its user, `all`, a few channels), so a
+/// vector scanned in order costs less, in every idle connection, than a hash table.
 #[derive(Debug, Default)]
+struct Offsets(Vec<(Source, u64)>);
+
+impl Offsets {
+    fn get_mut(&mut self, source: &Source) -> Option<&mut u64> {
+        self.0.iter_mut().find(|(s, _)| s == source).map(|(_, offset)| offset)
+    }
+
+    /// Sets a source's offset, subscribing it when it is new.
+    fn insert(&mut self, source: Source, offset: u64) {
+        match self.get_mut(&source) {
+            Some(last) => *last = offset,
+            None => self.0.push((source, offset)),
+        }
+    }
+
+    fn remove(&mut self, source: &Source) -> bool {
+        let Some(index) = self.0.iter().position(|(s, _)| s == source) else {
+            return false;
+        };
+        self.0.swap_remove(index);
+        true
+    }
+}
+
+/// What [`Outbox::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued on the socket; `needs_flush`: the caller must [`flush`] this connection.
+    Queued {
+        /// Nobody was going to write the socket.
+        needs_flush: bool,
+    },
+    /// Not for this connection (a source it does not subscribe, or an offset it has).
+    Skipped,
+    /// The connection is closing (or was just closed as a slow consumer).
+    Refused,
+}
+
+#[derive(Debug)]
 struct OutboxState {
-    queue: VecDeque<Outgoing>,
-    bytes: usize,
+    offsets: Offsets,
+    /// While the connection catches up (its recovery, a subscription's replay),
+    /// pushes wait here, so that they follow what it replays.
+    held: Option<Vec<Outgoing>>,
+    held_bytes: usize,
     close: Option<(u16, String)>,
 }
 
-/// A connection's outgoing queue, bounded in bytes.
+/// A connection's outgoing side: its delivered offsets and its socket's queue,
+/// bounded in bytes.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<OutboxState>,
+    socket: Socket,
+    /// Wakes the connection's task: its socket is full, or a close was requested.
     notify: Notify,
-    /// Wakes a writer blocked on a stalled socket when a close is requested.
+    /// Wakes a task waiting on a full socket when a close is requested.
     closing: Notify,
     limit: usize,
 }
 
 impl Outbox {
-    fn new(limit: usize) -> Self {
+    /// A queue on `socket` holding at most `limit` bytes, holding pushes until
+    /// [`Outbox::release`] (a new connection first sends what it recovers).
+    fn new(socket: Socket, limit: usize) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(OutboxState {
+                offsets: Offsets(Vec::with_capacity(2)),
+                held: Some(Vec::new()),
+                held_bytes: 0,
+                close: None,
+            }),
+            socket,
             notify: Notify::new(),
             closing: Notify::new(),
             limit,
@@ -78,32 +137,149 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, OutboxState> {
-        // A panic while holding this lock cannot leave the queue inconsistent.
+        // A panic while holding this lock cannot leave the state inconsistent.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame; a queue over its limit is dropped and the connection is told
-    /// to close as a slow consumer. Returns false when the connection is closing.
-    pub fn push(&self, item: Outgoing) -> bool {
+    /// The connection's socket.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// Queues a push if the connection subscribes its source and does not have its
+    /// offset yet. A socket whose queue goes over the limit is closed as a slow
+    /// consumer instead of growing.
+    pub fn push(&self, item: &Outgoing) -> Pushed {
         let mut state = self.lock();
         if state.close.is_some() {
-            return false;
+            return Pushed::Refused;
         }
-        let len = item.frame.as_str().len();
-        if state.bytes + len > self.limit {
-            state.queue = VecDeque::new();
-            state.bytes = 0;
+        if let Some(held) = &mut state.held {
+            let len = item.frame.len();
+            held.push(item.clone());
+            state.held_bytes += len;
+            if state.held_bytes > self.limit {
+                drop(state);
+                self.close_slow_consumer();
+                return Pushed::Refused;
+            }
+            return Pushed::Queued { needs_flush: false };
+        }
+        self.send(&mut state, item, false)
+    }
+
+    /// Queues `item` if it is new to its source (or, replaying, if its source is
+    /// subscribed at all: a replay may go below the subscription's position).
+    fn send(&self, state: &mut OutboxState, item: &Outgoing, replay: bool) -> Pushed {
+        let Some(last) = state.offsets.get_mut(&item.source) else {
+            return Pushed::Skipped;
+        };
+        if item.offset <= *last && !replay {
+            return Pushed::Skipped;
+        }
+        *last = (*last).max(item.offset);
+        let queued = self.socket.queue(item.frame.clone());
+        if queued.bytes > self.limit {
             state.close = Some((close::SLOW_CONSUMER, "slow consumer".to_owned()));
-            drop(state);
+            self.socket.discard_unstarted();
             self.notify.notify_one();
             self.closing.notify_waiters();
-            return false;
+            return Pushed::Refused;
         }
-        state.bytes += len;
-        state.queue.push_back(item);
+        Pushed::Queued {
+            needs_flush: queued.needs_flush,
+        }
+    }
+
+    fn close_slow_consumer(&self) {
+        let mut state = self.lock();
+        state.held = None;
+        state.held_bytes = 0;
         drop(state);
-        self.notify.notify_one();
-        true
+        self.close(close::SLOW_CONSUMER, "slow consumer");
+    }
+
+    /// Queues what the connection recovered, in order, ahead of the pushes held
+    /// meanwhile. Returns whether the socket needs a [`Outbox::flush`].
+    pub fn replay(&self, items: Vec<Outgoing>) -> bool {
+        self.send_all(&mut self.lock(), &items, true)
+    }
+
+    /// Holds pushes (until [`Outbox::release`]) while the connection replays.
+    pub fn hold(&self) {
+        let mut state = self.lock();
+        if state.held.is_none() {
+            state.held = Some(Vec::new());
+        }
+    }
+
+    /// Queues the pushes held since [`Outbox::hold`] and delivers the next ones
+    /// straight away. Returns whether the socket needs a [`Outbox::flush`].
+    pub fn release(&self) -> bool {
+        let mut state = self.lock();
+        let Some(held) = state.held.take() else {
+            return false;
+        };
+        state.held_bytes = 0;
+        self.send_all(&mut state, &held, false)
+    }
+
+    /// [`Outbox::send`]s `items` in order; whether the socket needs a flush.
+    fn send_all(&self, state: &mut OutboxState, items: &[Outgoing], replay: bool) -> bool {
+        let mut needs_flush = false;
+        for item in items {
+            match self.send(state, item, replay) {
+                Pushed::Queued { needs_flush: needs } => needs_flush |= needs,
+                Pushed::Skipped => {}
+                Pushed::Refused => return false,
+            }
+        }
+        needs_flush
+    }
+
+    /// Writes what the socket holds as far as it takes it now; a full socket is
+    /// left to the connection's task to wait for.
+    pub fn flush(&self) {
+        match self.socket.try_flush() {
+            Ok(true) => {}
+            Ok(false) => self.notify.notify_one(),
+            Err(_) => self.close(close::SHUTDOWN, "write failed"),
+        }
+    }
+
+    /// Subscribes `source`, delivered up to `offset`.
+    pub fn subscribe(&self, source: Source, offset: u64) {
+        self.lock().offsets.insert(source, offset);
+    }
+
+    /// Unsubscribes `source`; false when it was not subscribed.
+    pub fn unsubscribe(&self, source: &Source) -> bool {
+        self.lock().offsets.remove(source)
+    }
+
+    /// Whether `source` is subscribed.
+    pub fn subscribes(&self, source: &Source) -> bool {
+        self.lock().offsets.0.iter().any(|(s, _)| s == source)
+    }
+
+    /// The channels it subscribes.
+    pub fn channels(&self) -> Vec<Arc<str>> {
+        self.lock()
+            .offsets
+            .0
+            .iter()
+            .filter_map(|(source, _)| match source {
+                Source::Channel(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Unsubscribes everything; returns the channels it subscribed.
+    pub fn unsubscribe_all(&self) -> Vec<Arc<str>> {
+        let channels = self.channels();
+        self.lock().offsets.0.clear();
+        channels
     }
 
     /// Asks the connection to close with `code` (first request wins).
@@ -117,29 +293,47 @@ impl Outbox {
         self.closing.notify_waiters();
     }
 
+    /// The close requested, if any.
+    pub fn close_request(&self) -> Option<(u16, String)> {
+        self.lock().close.clone()
+    }
+
     /// Resolves with the close request once there is one.
     pub async fn closed(&self) -> (u16, String) {
         loop {
             // Registered before the check, so a close between the two is not missed.
             let notified = self.closing.notified();
-            if let Some(close) = self.lock().close.clone() {
+            if let Some(close) = self.close_request() {
                 return close;
             }
             notified.await;
         }
     }
 
-    /// Waits until something is queued or a close is requested.
+    /// Waits until the socket is full or a close is requested.
     pub async fn ready(&self) {
         self.notify.notified().await;
     }
+}
 
-    /// Takes everything queued, and the close request if any.
-    pub fn take(&self) -> (VecDeque<Outgoing>, Option<(u16, String)>) {
-        let mut state = self.lock();
-        state.bytes = 0;
-        let queue = std::mem::take(&mut state.queue);
-        (queue, state.close.clone())
+/// Writes the sockets a fan-out queued on: a few inline, more in chunks on the
+/// runtime's workers, so that both cores write and the fan-out goes on.
+pub fn flush(entries: Vec<Arc<ConnEntry>>) {
+    const INLINE: usize = 64;
+    const CHUNK: usize = 512;
+    let mut rest = entries;
+    if rest.len() > INLINE {
+        while rest.len() > CHUNK {
+            let chunk = rest.split_off(rest.len() - CHUNK);
+            tokio::spawn(async move {
+                for entry in chunk {
+                    entry.outbox.flush();
+                }
+            });
+        }
+    }
+    for entry in rest {
+        entry.outbox.flush();
     }
 }
 
@@ -157,14 +351,38 @@ pub struct ConnEntry {
 }
 
 impl ConnEntry {
-    /// A new connection with a queue of `max_queued_bytes`.
-    pub fn new(id: ConnId, user: &str, admin: bool, max_queued_bytes: usize) -> Self {
+    /// A new connection writing to `socket`, with a queue of `max_queued_bytes`.
+    pub fn new(id: ConnId, user: &str, admin: bool, socket: Socket, max_queued_bytes: usize) -> Self {
         Self {
             id,
             user: Arc::from(user),
             admin,
-            outbox: Outbox::new(max_queued_bytes),
+            outbox: Outbox::new(socket, max_queued_bytes),
         }
+    }
+}
+
+/// What a fan-out did.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    /// Connections it was queued for.
+    pub delivered: usize,
+    /// Those whose socket must be flushed (see [`flush`]).
+    pub to_flush: Vec<Arc<ConnEntry>>,
+}
+
+impl Fanout {
+    fn push<'a>(entries: impl Iterator<Item = &'a Arc<ConnEntry>>, item: &Outgoing) -> Self {
+        let mut fanout = Fanout::default();
+        for entry in entries {
+            if let Pushed::Queued { needs_flush } = entry.outbox.push(item) {
+                fanout.delivered += 1;
+                if needs_flush {
+                    fanout.to_flush.push(entry.clone());
+                }
+            }
+        }
+        fanout
     }
 }
 
@@ -310,27 +528,27 @@ impl Hub {
         }
     }
 
-    /// Queues a user push for every connection of `user`; returns how many.
-    pub fn deliver_user(&self, user: &str, item: &Outgoing) -> usize {
+    /// Queues a user push for every connection of `user`.
+    pub fn deliver_user(&self, user: &str, item: &Outgoing) -> Fanout {
         let registry = self.read();
         registry
             .users
             .get(user)
-            .map_or(0, |tabs| tabs.iter().filter(|e| e.outbox.push(item.clone())).count())
+            .map_or_else(Fanout::default, |tabs| Fanout::push(tabs.iter(), item))
     }
 
-    /// Queues a channel push for every subscriber; returns how many.
-    pub fn deliver_channel(&self, channel: &str, item: &Outgoing) -> usize {
+    /// Queues a channel push for every subscriber.
+    pub fn deliver_channel(&self, channel: &str, item: &Outgoing) -> Fanout {
         let registry = self.read();
-        registry.channels.get(channel).map_or(0, |members| {
-            members.values().filter(|e| e.outbox.push(item.clone())).count()
-        })
+        registry
+            .channels
+            .get(channel)
+            .map_or_else(Fanout::default, |members| Fanout::push(members.values(), item))
     }
 
-    /// Queues a push for every connection; returns how many.
-    pub fn deliver_all(&self, item: &Outgoing) -> usize {
-        let registry = self.read();
-        registry.conns.values().filter(|e| e.outbox.push(item.clone())).count()
+    /// Queues a push for every connection.
+    pub fn deliver_all(&self, item: &Outgoing) -> Fanout {
+        Fanout::push(self.read().conns.values(), item)
     }
 
     /// Asks every connection of `user` to close; returns how many.
@@ -393,63 +611,140 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
 
-    fn item(offset: u64, text: &str) -> Outgoing {
+    fn item(source: Source, offset: u64, text: &str) -> Outgoing {
         Outgoing {
-            source: Source::All,
+            source,
             offset,
-            frame: Utf8Bytes::from(text.to_owned()),
+            frame: Bytes::from(text.to_owned()),
         }
     }
 
-    #[test]
-    fn outbox_closes_a_slow_consumer_instead_of_growing() {
-        let outbox = Outbox::new(10);
-        assert!(outbox.push(item(1, "12345")));
-        assert!(outbox.push(item(2, "12345")));
-        assert!(!outbox.push(item(3, "1")));
-        let (queue, close) = outbox.take();
-        assert!(queue.is_empty(), "the queue is dropped, not kept");
-        assert_eq!(close.map(|c| c.0), Some(close::SLOW_CONSUMER));
-        assert!(!outbox.push(item(4, "1")));
+    /// A server-side socket and the client end it writes to.
+    async fn socket() -> (Socket, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Socket::new(server), client)
     }
 
-    #[test]
-    fn take_frees_the_budget() {
-        let outbox = Outbox::new(10);
-        assert!(outbox.push(item(1, "1234567890")));
-        let (queue, close) = outbox.take();
-        assert_eq!(queue.len(), 1);
-        assert!(close.is_none());
-        assert!(outbox.push(item(2, "1234567890")));
+    async fn live_outbox(limit: usize) -> (Outbox, TcpStream) {
+        let (socket, client) = socket().await;
+        let outbox = Outbox::new(socket, limit);
+        outbox.subscribe(Source::All, 0);
+        assert!(!outbox.release());
+        (outbox, client)
     }
 
-    #[test]
-    fn routes_by_user_channel_and_all_and_cleans_up() {
+    #[tokio::test]
+    async fn outbox_closes_a_slow_consumer_instead_of_growing() {
+        let (outbox, _client) = live_outbox(10).await;
+        assert_eq!(
+            outbox.push(&item(Source::All, 1, "12345")),
+            Pushed::Queued { needs_flush: true }
+        );
+        assert_eq!(
+            outbox.push(&item(Source::All, 2, "12345")),
+            Pushed::Queued { needs_flush: false }
+        );
+        assert_eq!(outbox.push(&item(Source::All, 3, "1")), Pushed::Refused);
+        assert_eq!(outbox.socket().queued_bytes(), 0, "the queue is dropped, not kept");
+        assert_eq!(outbox.close_request().map(|c| c.0), Some(close::SLOW_CONSUMER));
+        assert_eq!(outbox.push(&item(Source::All, 4, "1")), Pushed::Refused);
+    }
+
+    #[tokio::test]
+    async fn a_flush_frees_the_budget_and_writes_in_order() {
+        let (outbox, mut client) = live_outbox(10).await;
+        assert_eq!(
+            outbox.push(&item(Source::All, 1, "0123456789")),
+            Pushed::Queued { needs_flush: true }
+        );
+        outbox.flush();
+        assert_eq!(outbox.socket().queued_bytes(), 0);
+        assert_eq!(
+            outbox.push(&item(Source::All, 2, "abcdefghij")),
+            Pushed::Queued { needs_flush: true }
+        );
+        outbox.flush();
+        let mut read = [0u8; 20];
+        client.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"0123456789abcdefghij");
+    }
+
+    #[tokio::test]
+    async fn held_pushes_follow_the_replay_without_repeating_it() {
+        let (socket, mut client) = socket().await;
+        let outbox = Outbox::new(socket, 1000);
+        outbox.subscribe(Source::All, 5);
+        assert_eq!(
+            outbox.push(&item(Source::All, 6, "six ")),
+            Pushed::Queued { needs_flush: false }
+        );
+        assert_eq!(
+            outbox.push(&item(Source::All, 7, "seven")),
+            Pushed::Queued { needs_flush: false }
+        );
+        assert_eq!(
+            outbox.push(&item(Source::User, 8, "not subscribed")),
+            Pushed::Queued { needs_flush: false }
+        );
+        assert_eq!(outbox.socket().queued_bytes(), 0, "held, not written");
+        assert!(outbox.replay(vec![item(Source::All, 4, "four "), item(Source::All, 6, "six ")]));
+        outbox.release();
+        assert_eq!(outbox.push(&item(Source::All, 7, "again")), Pushed::Skipped);
+        assert_eq!(
+            outbox.push(&item(Source::All, 9, " nine")),
+            Pushed::Queued { needs_flush: false }
+        );
+        outbox.flush();
+        let mut read = [0u8; 19];
+        client.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"four six seven nine");
+    }
+
+    async fn live_entry(id: ConnId, user: &str, admin: bool) -> (Arc<ConnEntry>, TcpStream) {
+        let (socket, client) = socket().await;
+        let entry = Arc::new(ConnEntry::new(id, user, admin, socket, 1000));
+        entry.outbox.subscribe(Source::User, 0);
+        entry.outbox.subscribe(Source::All, 0);
+        entry.outbox.release();
+        (entry, client)
+    }
+
+    #[tokio::test]
+    async fn routes_by_user_channel_and_all_and_cleans_up() {
         let hub = Hub::default();
-        let a1 = Arc::new(ConnEntry::new(1, "a", false, 1000));
-        let a2 = Arc::new(ConnEntry::new(2, "a", true, 1000));
-        let b = Arc::new(ConnEntry::new(3, "b", false, 1000));
+        let (a1, _c1) = live_entry(1, "a", false).await;
+        let (a2, _c2) = live_entry(2, "a", true).await;
+        let (b, _c3) = live_entry(3, "b", false).await;
+        let (a3, _c9) = live_entry(9, "a", false).await;
         assert_eq!(hub.register(a1.clone(), 2), Ok(1));
         assert_eq!(hub.register(a2.clone(), 2), Ok(2));
-        assert_eq!(
-            hub.register(Arc::new(ConnEntry::new(9, "a", false, 1000)), 2),
-            Err(LimitError::PerUser)
-        );
+        assert_eq!(hub.register(a3, 2), Err(LimitError::PerUser));
         assert_eq!(hub.register(b.clone(), 2), Ok(1));
-        hub.subscribe(2, "news");
-        hub.subscribe(3, "news");
-        assert_eq!(hub.deliver_user("a", &item(1, "x")), 2);
-        assert_eq!(hub.deliver_channel("news", &item(2, "x")), 2);
-        assert_eq!(hub.deliver_all(&item(3, "x")), 3);
+        let news = Source::Channel("news".into());
+        for (id, entry) in [(2, &a2), (3, &b)] {
+            hub.subscribe(id, "news");
+            entry.outbox.subscribe(news.clone(), 0);
+        }
+        let user = hub.deliver_user("a", &item(Source::User, 1, "x"));
+        assert_eq!((user.delivered, user.to_flush.len()), (2, 2));
+        assert_eq!(hub.deliver_channel("news", &item(news.clone(), 2, "x")).delivered, 2);
+        let all = hub.deliver_all(&item(Source::All, 3, "x"));
+        assert_eq!(all.delivered, 3);
+        assert!(all.to_flush.is_empty(), "every socket has a flush due already");
         let local = hub.local_user("a");
         assert_eq!(
             (local.connections, local.admin, local.channels),
             (2, true, vec!["news".to_owned()])
         );
         hub.unregister(2);
-        assert_eq!(hub.deliver_channel("news", &item(4, "x")), 1);
+        assert_eq!(hub.deliver_channel("news", &item(news, 4, "x")).delivered, 1);
         assert_eq!(hub.local_user("a").channels, Vec::<String>::new());
         hub.unregister(3);
         hub.unregister(1);
