@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{GrpcConfig, HttpConfig, LogConfig, LogFormat, ServiceArgs, Validate};
 pub use health::Health;
 pub use server::{Endpoints, Listeners};
-pub use socket::{Peer, Socket};
+pub use socket::{Peer, Socket, SocketIo};
 
 /// What can stop a service from starting or serving.
 #[derive(Debug, thiserror::Error)]

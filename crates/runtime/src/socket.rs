@@ -9,7 +9,9 @@
 //! bytes from the two never interleave.
 //!
 //! A handler finds its connection's socket in [`Peer`], the connect info of every
-//! request on the HTTP port.
+//! request on the HTTP port. Reads go to the stream's own read half ([`SocketIo`]),
+//! which fills the caller's buffer without zeroing it first (a zeroed HTTP read
+//! buffer would make every idle connection's pages resident).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -22,6 +24,7 @@ use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How many queued buffers one write hands the kernel.
@@ -31,14 +34,42 @@ const MAX_SLICES: usize = 64;
 /// (hyper and WebSocket libraries expect a write to push back at some point).
 const WRITE_BACKPRESSURE_BYTES: usize = 64 * 1024;
 
-/// One accepted TCP connection of the HTTP port (cheap to clone: a shared handle).
+/// The writing side of one accepted TCP connection of the HTTP port (cheap to clone:
+/// a shared handle).
 #[derive(Debug, Clone)]
 pub struct Socket(Arc<Shared>);
 
 #[derive(Debug)]
 struct Shared {
-    stream: TcpStream,
+    stream: OwnedWriteHalf,
     out: Mutex<Out>,
+}
+
+/// One accepted connection as hyper sees it: its read half, and its [`Socket`] for
+/// writing.
+#[derive(Debug)]
+pub struct SocketIo {
+    read: OwnedReadHalf,
+    socket: Socket,
+}
+
+impl SocketIo {
+    /// Wraps an accepted stream.
+    pub fn new(stream: TcpStream) -> Self {
+        let (read, write) = stream.into_split();
+        Self {
+            read,
+            socket: Socket(Arc::new(Shared {
+                stream: write,
+                out: Mutex::default(),
+            })),
+        }
+    }
+
+    /// The connection's writing side.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
 }
 
 /// Bytes accepted but not yet taken by the kernel, in order.
@@ -62,14 +93,6 @@ pub struct Queued {
 }
 
 impl Socket {
-    /// Wraps an accepted stream.
-    pub fn new(stream: TcpStream) -> Self {
-        Self(Arc::new(Shared {
-            stream,
-            out: Mutex::default(),
-        }))
-    }
-
     fn out(&self) -> MutexGuard<'_, Out> {
         // Nothing panics while holding it, and a queue is consistent between calls.
         self.0.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -79,8 +102,7 @@ impl Socket {
     pub fn queue(&self, frame: Bytes) -> Queued {
         let mut out = self.out();
         if !frame.is_empty() {
-            out.bytes += frame.len();
-            out.queue.push_back(frame);
+            out.push(frame);
         }
         let needs_flush = !out.owned;
         out.owned = true;
@@ -157,6 +179,11 @@ impl Socket {
 }
 
 impl Out {
+    fn push(&mut self, buffer: Bytes) {
+        self.bytes += buffer.len();
+        self.queue.push_back(buffer);
+    }
+
     fn consume(&mut self, mut written: usize) {
         self.bytes -= written;
         while written > 0 {
@@ -174,19 +201,23 @@ impl Out {
     }
 }
 
-impl AsyncRead for Socket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.stream.poll_read_ready(cx))?;
-            match self.0.stream.try_read(buf.initialize_unfilled()) {
-                Ok(read) => {
-                    buf.advance(read);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+impl AsyncRead for SocketIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SocketIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }
 
@@ -201,9 +232,8 @@ impl AsyncWrite for Socket {
                 match self.0.stream.try_write(buf) {
                     Ok(written) if written == buf.len() => return Poll::Ready(Ok(written)),
                     Ok(written) => {
+                        out.push(Bytes::copy_from_slice(&buf[written..]));
                         out.started = written > 0;
-                        out.bytes += buf.len() - written;
-                        out.queue.push_back(Bytes::copy_from_slice(&buf[written..]));
                         return Poll::Ready(Ok(buf.len()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -211,12 +241,11 @@ impl AsyncWrite for Socket {
                 }
             }
             if out.bytes + buf.len() <= WRITE_BACKPRESSURE_BYTES {
-                out.bytes += buf.len();
-                out.queue.push_back(Bytes::copy_from_slice(buf));
+                out.push(Bytes::copy_from_slice(buf));
                 return Poll::Ready(Ok(buf.len()));
             }
             drop(out);
-            ready!(self.0.stream.poll_write_ready(cx))?;
+            ready!(self.0.stream.as_ref().poll_write_ready(cx))?;
         }
     }
 
@@ -227,23 +256,23 @@ impl AsyncWrite for Socket {
                 return Poll::Ready(Ok(()));
             }
             drop(out);
-            ready!(self.0.stream.poll_write_ready(cx))?;
+            ready!(self.0.stream.as_ref().poll_write_ready(cx))?;
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        Poll::Ready(socket2::SockRef::from(&self.0.stream).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(socket2::SockRef::from(self.0.stream.as_ref()).shutdown(std::net::Shutdown::Write))
     }
 }
 
-/// The HTTP port's listener: accepted connections become [`Socket`]s, with
+/// The HTTP port's listener: accepted connections become [`SocketIo`]s, with
 /// `TCP_NODELAY` (small frames go out at once).
 #[derive(Debug)]
 pub struct SocketListener(pub TcpListener);
 
 impl Listener for SocketListener {
-    type Io = Socket;
+    type Io = SocketIo;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -251,7 +280,7 @@ impl Listener for SocketListener {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        (Socket::new(stream), addr)
+        (SocketIo::new(stream), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -272,7 +301,7 @@ impl Connected<IncomingStream<'_, SocketListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, SocketListener>) -> Self {
         Self {
             addr: *stream.remote_addr(),
-            socket: stream.io().clone(),
+            socket: stream.io().socket().clone(),
         }
     }
 }
@@ -287,7 +316,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Socket::new(server), client)
+        (SocketIo::new(server).socket().clone(), client)
     }
 
     #[tokio::test]

@@ -611,6 +611,7 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use switchboard_runtime::SocketIo;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -629,7 +630,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Socket::new(server), client)
+        (SocketIo::new(server).socket().clone(), client)
     }
 
     async fn live_outbox(limit: usize) -> (Outbox, TcpStream) {
