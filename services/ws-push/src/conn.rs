@@ -502,7 +502,7 @@ impl Connection {
         claims: &Claims,
         id: Option<String>,
         channel: String,
-        source: Source,
+        mut source: Source,
         known: bool,
         offset: Option<u64>,
         epoch: Option<String>,
@@ -514,7 +514,8 @@ impl Connection {
             if let Err(e) = self.node.interest.hold(&route).await {
                 return self.send(&refusal(&id, "unavailable", &e.to_string())).await;
             }
-            self.node.hub.subscribe(entry.id, &channel);
+            let interned = self.node.hub.subscribe(entry.id, &channel);
+            source = interned.map_or(source, Source::Channel);
         }
         let position = match delivery::position(&self.node.stream).await {
             Ok(position) => position,

@@ -21,7 +21,7 @@ use crate::protocol::close;
 pub type ConnId = u64;
 
 /// Where a delivery came from, as the browser's offsets are keyed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Eq)]
 pub enum Source {
     /// `sb.push.user.<this user>`
     User,
@@ -29,6 +29,19 @@ pub enum Source {
     All,
     /// `sb.push.channel.<name>`
     Channel(Arc<str>),
+}
+
+impl PartialEq for Source {
+    /// Channel names are compared by address first: the fan-out's and its members'
+    /// offsets share the hub's one copy of each name ([`Hub::subscribe`]), so a
+    /// delivery does not read every member's copy of the name.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Source::User, Source::User) | (Source::All, Source::All) => true,
+            (Source::Channel(a), Source::Channel(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Source {
@@ -501,17 +514,19 @@ impl Hub {
         }
     }
 
-    /// Subscribes a registered connection to `channel`; returns its subscription count.
-    pub fn subscribe(&self, id: ConnId, channel: &str) -> usize {
+    /// Subscribes a registered connection to `channel`. Returns the hub's copy of
+    /// the name, which the connection's offsets should key the channel with (see
+    /// [`Source`]'s equality), or `None` if the connection is not registered.
+    pub fn subscribe(&self, id: ConnId, channel: &str) -> Option<Arc<str>> {
         let mut registry = self.write();
-        let Some(entry) = registry.conns.get(&id).cloned() else {
-            return 0;
+        let entry = registry.conns.get(&id).cloned()?;
+        let name = match registry.channels.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
         };
-        let name: Arc<str> = Arc::from(channel);
         registry.channels.entry(name.clone()).or_default().insert(id, entry);
-        let subscriptions = registry.subscriptions.entry(id).or_default();
-        subscriptions.insert(name);
-        subscriptions.len()
+        registry.subscriptions.entry(id).or_default().insert(name.clone());
+        Some(name)
     }
 
     /// Unsubscribes a connection from `channel`.
@@ -540,10 +555,15 @@ impl Hub {
     /// Queues a channel push for every subscriber.
     pub fn deliver_channel(&self, channel: &str, item: &Outgoing) -> Fanout {
         let registry = self.read();
-        registry
-            .channels
-            .get(channel)
-            .map_or_else(Fanout::default, |members| Fanout::push(members.values(), item))
+        let Some((name, members)) = registry.channels.get_key_value(channel) else {
+            return Fanout::default();
+        };
+        // Keyed by the hub's copy of the name, as the members' offsets are.
+        let item = Outgoing {
+            source: Source::Channel(name.clone()),
+            ..item.clone()
+        };
+        Fanout::push(members.values(), &item)
     }
 
     /// Queues a push for every connection.
@@ -728,11 +748,20 @@ mod tests {
         assert_eq!(hub.register(a2.clone(), 2), Ok(2));
         assert_eq!(hub.register(a3, 2), Err(LimitError::PerUser));
         assert_eq!(hub.register(b.clone(), 2), Ok(1));
+        let names: Vec<Arc<str>> = [(2, &a2), (3, &b)]
+            .into_iter()
+            .map(|(id, entry)| {
+                let name = hub.subscribe(id, "news").expect("registered");
+                entry.outbox.subscribe(Source::Channel(name.clone()), 0);
+                name
+            })
+            .collect();
+        assert!(
+            Arc::ptr_eq(&names[0], &names[1]),
+            "members share the hub's copy of the name"
+        );
+        assert_eq!(hub.subscribe(42, "news"), None, "not registered");
         let news = Source::Channel("news".into());
-        for (id, entry) in [(2, &a2), (3, &b)] {
-            hub.subscribe(id, "news");
-            entry.outbox.subscribe(news.clone(), 0);
-        }
         let user = hub.deliver_user("a", &item(Source::User, 1, "x"));
         assert_eq!((user.delivered, user.to_flush.len()), (2, 2));
         assert_eq!(hub.deliver_channel("news", &item(news.clone(), 2, "x")).delivered, 2);
