@@ -109,6 +109,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Waits (up to 30 s) until `pid` is idle: what it does for new connections (such as
+/// presence writes) must not be counted as broadcast CPU.
+async fn wait_idle(pid: u32) {
+    for _ in 0..60 {
+        let before = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cpu_seconds(pid) - before < 0.02 {
+            return;
+        }
+    }
+}
+
 fn token(secret: &str, user: &str) -> String {
     let claims = json!({"sub": user, "exp": now_nanos() / 1_000_000_000 + 3600, "channels": ["bench"]});
     jsonwebtoken::encode(
@@ -260,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
             let http = reqwest::Client::new();
             let total = (rate * seconds as f64).round() as u64;
             let interval = Duration::from_secs_f64(1.0 / rate);
+            wait_idle(args.pid).await;
             let cpu_before = cpu_seconds(args.pid);
             let started = tokio::time::Instant::now();
             for seq in 0..total {
