@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use switchboard_runtime::Socket;
 use tokio::sync::Notify;
 
@@ -69,8 +70,10 @@ pub struct Outgoing {
 /// The last offset delivered per subscribed source (a source absent here is not
 /// subscribed). A connection has a handful (its user, `all`, a few channels), so a
 /// vector scanned in order costs less, in every idle connection, than a hash table.
+/// The first three are kept inline: a fan-out reads them for every member, and a
+/// vector's own allocation was a cache miss per member (11 % of a 20k/s profile).
 #[derive(Debug, Default)]
-struct Offsets(Vec<(Source, u64)>);
+struct Offsets(SmallVec<[(Source, u64); 3]>);
 
 impl Offsets {
     fn get_mut(&mut self, source: &Source) -> Option<&mut u64> {
@@ -137,7 +140,7 @@ impl Outbox {
     fn new(socket: Socket, limit: usize) -> Self {
         Self {
             state: Mutex::new(OutboxState {
-                offsets: Offsets(Vec::with_capacity(2)),
+                offsets: Offsets::default(),
                 held: Some(Vec::new()),
                 held_bytes: 0,
                 close: None,
