@@ -332,23 +332,15 @@ impl Outbox {
     }
 }
 
-/// Writes the sockets a fan-out queued on: a few inline, more in chunks on the
-/// runtime's workers, so that both cores write and the fan-out goes on.
+/// How many sockets a fan-out queues on before it hands their writes to a task of
+/// their own. Small enough that what the queueing touched of each connection is still
+/// in cache when the other worker writes it, large enough that a task costs little
+/// beside its writes.
+const FLUSH_CHUNK: usize = 256;
+
+/// Writes the sockets a fan-out queued on and left to its caller (see [`Fanout`]).
 pub fn flush(entries: Vec<Arc<ConnEntry>>) {
-    const INLINE: usize = 64;
-    const CHUNK: usize = 512;
-    let mut rest = entries;
-    if rest.len() > INLINE {
-        while rest.len() > CHUNK {
-            let chunk = rest.split_off(rest.len() - CHUNK);
-            tokio::spawn(async move {
-                for entry in chunk {
-                    entry.outbox.flush();
-                }
-            });
-        }
-    }
-    for entry in rest {
+    for entry in entries {
         entry.outbox.flush();
     }
 }
@@ -378,12 +370,13 @@ impl ConnEntry {
     }
 }
 
-/// What a fan-out did.
+/// What a fan-out did. Every [`FLUSH_CHUNK`] sockets it queued on are written by a
+/// task of their own as soon as they are queued; the rest are left to the caller.
 #[derive(Debug, Default)]
 pub struct Fanout {
     /// Connections it was queued for.
     pub delivered: usize,
-    /// Those whose socket must be flushed (see [`flush`]).
+    /// Sockets the caller must write (see [`flush`]).
     pub to_flush: Vec<Arc<ConnEntry>>,
 }
 
@@ -395,6 +388,10 @@ impl Fanout {
                 fanout.delivered += 1;
                 if needs_flush {
                     fanout.to_flush.push(entry.clone());
+                    if fanout.to_flush.len() == FLUSH_CHUNK {
+                        let chunk = std::mem::replace(&mut fanout.to_flush, Vec::with_capacity(FLUSH_CHUNK));
+                        tokio::spawn(async move { flush(chunk) });
+                    }
                 }
             }
         }
@@ -738,6 +735,37 @@ mod tests {
         entry.outbox.subscribe(Source::All, 0);
         entry.outbox.release();
         (entry, client)
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_past_one_chunk_reaches_every_member_once() {
+        let hub = Hub::default();
+        let members = FLUSH_CHUNK * 2 + 10;
+        let mut clients = Vec::with_capacity(members);
+        for id in 0..members as ConnId {
+            let (entry, client) = live_entry(id, &format!("u{id}"), false).await;
+            hub.register(entry, 0).unwrap();
+            clients.push(client);
+        }
+        let fanout = hub.deliver_all(&item(Source::All, 1, "one"));
+        assert_eq!(fanout.delivered, members);
+        assert_eq!(fanout.to_flush.len(), 10, "whole chunks went to tasks of their own");
+        flush(fanout.to_flush);
+        for client in &mut clients {
+            let mut read = [0u8; 3];
+            tokio::time::timeout(std::time::Duration::from_secs(10), client.read_exact(&mut read))
+                .await
+                .expect("every member is written")
+                .unwrap();
+            assert_eq!(&read, b"one");
+        }
+        for client in &clients {
+            let more = client.try_read(&mut [0u8; 1]);
+            assert!(
+                matches!(&more, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "written once: {more:?}"
+            );
+        }
     }
 
     #[tokio::test]
