@@ -2,8 +2,8 @@
 //!
 //! ws-push sends one push to thousands of browsers. Waking each connection's task to
 //! write one frame costs more than the write itself, so its fan-out queues the same
-//! encoded frame on every socket ([`Socket::queue`]) and a few flusher tasks write
-//! each socket's queue with one system call ([`Socket::try_flush`]); frames that
+//! encoded frame on every socket ([`Socket::queue`]) and flush tasks write each
+//! socket's queue with one system call ([`Socket::try_flush`]); frames that
 //! arrive while a socket is busy are coalesced into its next write. What hyper or a
 //! WebSocket library writes on the same connection goes through the same queue, so
 //! bytes from the two never interleave.
@@ -149,11 +149,6 @@ impl Socket {
         let keep = usize::from(out.started && !out.queue.is_empty());
         out.queue.truncate(keep);
         out.bytes = out.queue.iter().map(Bytes::len).sum();
-    }
-
-    /// The peer's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.0.stream.peer_addr()
     }
 
     /// Writes the queue until it is empty (`Ok(true)`) or the kernel would block.

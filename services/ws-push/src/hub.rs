@@ -2,9 +2,10 @@
 //! and each connection's bounded outgoing queue.
 //!
 //! A push is serialised once, as a whole WebSocket frame, and the same bytes are
-//! queued on every matching connection's socket; a few flusher tasks then write each
-//! socket with one system call ([`flush`]). No connection's task wakes for a push:
-//! it only waits when its socket is full. Frames queued while a socket is busy go out
+//! queued on every matching connection's socket; every [`FLUSH_CHUNK`] sockets queued
+//! are handed to a task that writes each with one system call, the last ones the
+//! fan-out's caller writes ([`flush`]). No connection's task wakes for a push: it
+//! only waits when its socket is full. Frames queued while a socket is busy go out
 //! together in its next write.
 
 use std::collections::{HashMap, HashSet};
@@ -86,6 +87,14 @@ impl Offsets {
             Some(last) => *last = offset,
             None => self.0.push((source, offset)),
         }
+    }
+
+    /// The subscribed channels' names.
+    fn channels(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.0.iter().filter_map(|(source, _)| match source {
+            Source::Channel(name) => Some(name.clone()),
+            _ => None,
+        })
     }
 
     fn remove(&mut self, source: &Source) -> bool {
@@ -175,8 +184,9 @@ impl Outbox {
             held.push(item.clone());
             state.held_bytes += len;
             if state.held_bytes > self.limit {
-                drop(state);
-                self.close_slow_consumer();
+                state.held = None;
+                state.held_bytes = 0;
+                self.request_close(&mut state, close::SLOW_CONSUMER, "slow consumer");
                 return Pushed::Refused;
             }
             return Pushed::Queued { needs_flush: false };
@@ -196,23 +206,13 @@ impl Outbox {
         *last = (*last).max(item.offset);
         let queued = self.socket.queue(item.frame.clone());
         if queued.bytes > self.limit {
-            state.close = Some((close::SLOW_CONSUMER, "slow consumer".to_owned()));
             self.socket.discard_unstarted();
-            self.notify.notify_one();
-            self.closing.notify_waiters();
+            self.request_close(state, close::SLOW_CONSUMER, "slow consumer");
             return Pushed::Refused;
         }
         Pushed::Queued {
             needs_flush: queued.needs_flush,
         }
-    }
-
-    fn close_slow_consumer(&self) {
-        let mut state = self.lock();
-        state.held = None;
-        state.held_bytes = 0;
-        drop(state);
-        self.close(close::SLOW_CONSUMER, "slow consumer");
     }
 
     /// Queues what the connection recovered, in order, ahead of the pushes held
@@ -280,31 +280,27 @@ impl Outbox {
 
     /// The channels it subscribes.
     pub fn channels(&self) -> Vec<Arc<str>> {
-        self.lock()
-            .offsets
-            .0
-            .iter()
-            .filter_map(|(source, _)| match source {
-                Source::Channel(name) => Some(name.clone()),
-                _ => None,
-            })
-            .collect()
+        self.lock().offsets.channels().collect()
     }
 
     /// Unsubscribes everything; returns the channels it subscribed.
     pub fn unsubscribe_all(&self) -> Vec<Arc<str>> {
-        let channels = self.channels();
-        self.lock().offsets.0.clear();
+        let mut state = self.lock();
+        let channels = state.offsets.channels().collect();
+        state.offsets.0.clear();
         channels
     }
 
     /// Asks the connection to close with `code` (first request wins).
     pub fn close(&self, code: u16, reason: &str) {
-        let mut state = self.lock();
+        self.request_close(&mut self.lock(), code, reason);
+    }
+
+    /// [`Outbox::close`] with the state already locked.
+    fn request_close(&self, state: &mut OutboxState, code: u16, reason: &str) {
         if state.close.is_none() {
             state.close = Some((code, reason.to_owned()));
         }
-        drop(state);
         self.notify.notify_one();
         self.closing.notify_waiters();
     }
